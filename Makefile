@@ -1,0 +1,41 @@
+# crmt: the front door. Every target creates or updates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+EXP ?= crmt_jt
+ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train validate test test-full bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: EXP=<experiment name in experiments/> ARGS='<LightningCLI overrides>' PYTHON=python3"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create/update the virtual environment in .venv
+	@$(BIN)/python -c "import torch, torchaudio, lightning, av, wandb; print('torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| lightning', lightning.__version__, '| av', av.__version__, '| wandb', wandb.__version__)"
+
+train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test), e.g. make train EXP=crmt_jt ARGS="--trainer.max_epochs 3"
+	$(BIN)/python -m crmt fit --config experiments/$(EXP).yaml $(ARGS)
+
+validate: $(STAMP) ## validate a checkpoint: make validate EXP=crmt_jt ARGS="--ckpt_path runs/.../last.ckpt"
+	$(BIN)/python -m crmt validate --config experiments/$(EXP).yaml $(ARGS)
+
+test: $(STAMP) ## run the test suite without the tests marked slow (includes one end-to-end CRMT fit and the DDP run)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-full: $(STAMP) ## run every test, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## benchmarks: tau~ estimator and cached step 2, as speed ratios
+	$(BIN)/python -m benchmarks.run
+
+clean: ## remove generated data, runs and caches (keeps .venv)
+	rm -rf data runs wandb .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks run by ``make bench``: speed ratios measured in one process on the same inputs."""

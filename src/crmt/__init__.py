@@ -1,0 +1,9 @@
+"""crmt: certifiable robust multi-modal training (CRMT, ICLR 2024) on PyTorch Lightning.
+
+Data flow: ``data_modules`` (clips -> tensors) -> ``crmt.models.encoders`` (ResNet18 per
+modality) -> ``crmt.models.heads`` (concatenation or orthogonal fusion) ->
+``crmt.strategies`` (one LightningModule per training strategy) -> ``crmt.certify``
+(certified bounds) and ``crmt.lipschitz`` (tau estimation).
+"""
+
+__version__ = "0.1.0"

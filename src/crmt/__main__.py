@@ -1,0 +1,6 @@
+"""``python -m crmt``: see :mod:`crmt.cli`."""
+
+from crmt.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Command line: ``python -m crmt fit|validate|test --config experiments/<name>.yaml [overrides]``.
+
+A LightningCLI in subclass mode: the experiment YAML picks the strategy (model) and the
+data module by class path. ``experiments/defaults.yaml`` is read first when the project is
+run from its source tree, so experiment files hold only what differs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningCLI
+
+from crmt.strategies.base import MultiModalModule
+
+DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
+
+
+class CRMTCLI(LightningCLI):
+    """LightningCLI with the data -> model class-count link, the CRMT epoch plan and test after fit."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="run the test split after `fit` with the final weights"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        init_args = config.model.init_args
+        if "step1_epochs" in init_args and "step2_epochs" in init_args and config.trainer.max_epochs is None:
+            config.trainer.max_epochs = init_args.step1_epochs + init_args.step2_epochs
+
+    def after_fit(self) -> None:
+        if self.config.fit.test_after_fit and not self.trainer.interrupted:
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+
+
+def main(args: list[str] | None = None) -> CRMTCLI:
+    """Entry point of ``python -m crmt`` and the ``crmt`` script. W&B runs offline unless WANDB_MODE says otherwise."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    defaults = [str(DEFAULTS_FILE)] if DEFAULTS_FILE.is_file() else []
+    return CRMTCLI(
+        MultiModalModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={name: {"default_config_files": defaults} for name in ("fit", "validate", "test", "predict")},
+        args=args,
+    )

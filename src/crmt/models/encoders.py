@@ -1,0 +1,87 @@
+"""ResNet18 encoders: a 2D ResNet18 for the audio spectrogram and a per-frame ResNet18 for video.
+
+``width`` is the channel count of the first stage (64 in the paper); the feature
+dimension is ``8 * width`` (512 in the paper).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18Trunk(nn.Module):
+    """ResNet18 up to the last stage: (N, C_in, H, W) -> (N, 8 * width, H / 32, W / 32)."""
+
+    def __init__(self, in_channels: int, width: int = 64) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"encoder width must be >= 1, got {width}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        stages = []
+        channels = width
+        for stage, out_channels in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stride = 1 if stage == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1)))
+            channels = out_channels
+        self.stages = nn.Sequential(*stages)
+        self.out_dim = channels
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+class AudioEncoder(nn.Module):
+    """Spectrogram encoder: (B, C, F, T_a) -> (B, 8 * width), global average pooled."""
+
+    def __init__(self, in_channels: int = 1, width: int = 64) -> None:
+        super().__init__()
+        self.trunk = ResNet18Trunk(in_channels, width)
+        self.out_dim = self.trunk.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x).mean(dim=(2, 3))
+
+
+class VisualEncoder(nn.Module):
+    """Frame encoder: (B, C, T, H, W) -> (B, 8 * width); a 2D ResNet18 per frame, pooled over time and space."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__()
+        self.trunk = ResNet18Trunk(in_channels, width)
+        self.out_dim = self.trunk.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, frames, height, width = x.shape
+        per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        features = self.trunk(per_frame)
+        return features.reshape(batch, frames, features.shape[1], -1).mean(dim=(1, 3))

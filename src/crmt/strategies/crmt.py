@@ -1,0 +1,242 @@
+"""CRMT-JT: the two-step certifiable robust multi-modal training of method.md §2-§3.
+
+Step 1 (epochs [0, step1_epochs)): encoders, W~, a and b~ minimise CE + rho * L1.
+At the switch, once: tau~_k^(m) is estimated over the training set (max-reduced across
+ranks) and the frozen uni-modal scores of every training sample are cached (gathered
+from every rank). Step 2 (the remaining epochs): only a^(m) is updated, to maximise the
+mean certified bound r_j of the runner-up class, from the cached scores; the encoders
+never run in step 2. The phase, tau~ and a^(m) live in the state dict, so checkpoints
+resume in the right phase.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+from crmt.certify import certified_radius, runner_up_bound
+from crmt.lipschitz import GradientMethod, score_gradient_norms
+from crmt.losses import margin_regularizer
+from crmt.models.heads import OrthogonalFusion
+from crmt.strategies.base import MODALITIES, Batch, MultiModalModule
+
+STEP1, STEP2 = 1, 2
+
+
+@dataclass
+class ScoreCache:
+    """Frozen uni-modal scores of the training set, addressed by dataset index.
+
+    scores: (M, N, K); labels: (N,); present: (N,) bool, True where index n was seen.
+    """
+
+    scores: torch.Tensor
+    labels: torch.Tensor
+    present: torch.Tensor
+
+
+class CRMTJointTraining(MultiModalModule):
+    """CRMT on clean inputs (CRMT-JT).
+
+    Args (besides :class:`MultiModalModule`'s):
+        rho: weight of the uni-modal margin regulariser L1 in step 1 (2.0 in the paper's code).
+        step1_epochs / step2_epochs: length of each step; the CLI sets trainer.max_epochs to their sum.
+        step2_optimizer: optimiser factory for the integration weights a^(m) in step 2.
+        init_integration: initial value of every a_k^(m).
+        tau_method: "loop" (K backward passes over one retained graph) or "batched" (one vmapped backward).
+    """
+
+    factory_arguments = (*MultiModalModule.factory_arguments, "step2_optimizer")
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder_width: int = 64,
+        visual_channels: int = 3,
+        audio_channels: int = 1,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        rho: float = 2.0,
+        step1_epochs: int = 1,
+        step2_epochs: int = 1,
+        step2_optimizer: OptimizerCallable = torch.optim.Adam,
+        init_integration: float = 1.0,
+        tau_method: GradientMethod = "loop",
+    ) -> None:
+        if step1_epochs < 0 or step2_epochs < 0:
+            raise ValueError(f"step1_epochs and step2_epochs must be >= 0, got {step1_epochs}, {step2_epochs}")
+        super().__init__(num_classes, encoder_width, visual_channels, audio_channels, optimizer, lr_scheduler)
+        self.automatic_optimization = False
+        self.step2_optimizer_factory = step2_optimizer
+        self.register_buffer("phase", torch.tensor(STEP1))
+        self.register_buffer("tau", torch.zeros(len(MODALITIES), num_classes))
+        self.score_cache: ScoreCache | None = None
+
+    def build_head(self, feature_dims: list[int], num_classes: int) -> nn.Module:
+        return OrthogonalFusion(feature_dims, num_classes, self.hparams.init_integration)
+
+    @property
+    def in_step2(self) -> bool:
+        return int(self.phase) == STEP2
+
+    def configure_optimizers(self):
+        step1 = self.optimizer_factory(self.parameters())
+        step2 = self.step2_optimizer_factory([self.head.integration])
+        if self.scheduler_factory is None:
+            return [step1, step2]
+        return [step1, step2], [self.scheduler_factory(step1)]
+
+    def on_fit_start(self) -> None:
+        planned = self.hparams.step1_epochs + self.hparams.step2_epochs
+        if self.trainer.max_epochs != planned:
+            rank_zero_warn(
+                f"trainer.max_epochs={self.trainer.max_epochs} but step1_epochs + step2_epochs = {planned}: "
+                f"step 2 runs from epoch {self.hparams.step1_epochs} until max_epochs"
+            )
+
+    # ----------------------------------------------------------------- step 1
+    def step1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CE(h~(x), y) + rho * L1 on the batch; returns the loss and its parts for logging."""
+        output = self(*self.modality_inputs(batch))
+        ce = F.cross_entropy(output.logits, batch["label"])
+        margin = margin_regularizer(output.scores, batch["label"])
+        return ce + self.hparams.rho * margin, {"ce": ce, "margin": margin}
+
+    def _step1_update(self, batch: Batch) -> None:
+        optimizer = self.optimizers()[0]
+        loss, parts = self.step1_loss(batch)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        batch_size = batch["label"].shape[0]
+        self.log("train/loss", loss, batch_size=batch_size, prog_bar=True)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+
+    # ----------------------------------------------------------------- switch
+    def on_train_epoch_start(self) -> None:
+        if not self.in_step2 and self.current_epoch >= self.hparams.step1_epochs:
+            start = time.perf_counter()
+            self.score_cache, tau = self._collect_training_scores(estimate_tau=True)
+            self.tau.copy_(tau)
+            self.phase.fill_(STEP2)
+            rank_zero_info(
+                f"CRMT phase switch at epoch {self.current_epoch}: tau~ estimated and scores of "
+                f"{int(self.score_cache.present.sum())} training clips cached in {time.perf_counter() - start:.1f} s"
+            )
+        elif self.in_step2 and self.score_cache is None:
+            self.score_cache, _ = self._collect_training_scores(estimate_tau=False)
+
+    @torch.no_grad()
+    def _collect_training_scores(self, estimate_tau: bool) -> tuple[ScoreCache, torch.Tensor]:
+        """One eval-mode pass over this rank's training shard: scores of every sample and, optionally, tau~.
+
+        Returns the cache of all ranks' scores and tau~ (M, K) max-reduced across ranks
+        (zeros when not estimated).
+        """
+        was_training = self.training
+        self.eval()
+        weights = [w.detach() for w in self.head.orthogonal_weights()]
+        tau = torch.zeros_like(self.tau)
+        scores, labels, indices = [], [], []
+        for batch in self.trainer.train_dataloader:
+            batch = self._to_device(batch)
+            per_modality = []
+            for m, (encoder, inputs) in enumerate(zip(self.encoders, self.modality_inputs(batch), strict=True)):
+                score_fn = _score_function(encoder, weights[m])
+                if estimate_tau:
+                    modality_scores, norms = score_gradient_norms(score_fn, inputs, self.hparams.tau_method)
+                    tau[m] = torch.maximum(tau[m], norms.max(dim=0).values)
+                else:
+                    modality_scores = score_fn(inputs)
+                per_modality.append(modality_scores)
+            scores.append(torch.stack(per_modality, dim=1))
+            labels.append(batch["label"])
+            indices.append(batch["index"])
+        self.train(was_training)
+        tau = self.trainer.strategy.reduce(tau, reduce_op="max") if self.trainer.world_size > 1 else tau
+        cache = _build_cache(
+            self._gather_rows(torch.cat(scores)), self._gather_rows(torch.cat(labels)), self._gather_rows(torch.cat(indices))
+        )
+        return cache, tau
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return self.trainer.strategy.batch_to_device(batch, self.device)
+
+    def _gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's (N_r, ...) rows in rank order; N_r may differ between ranks."""
+        if self.trainer.world_size == 1:
+            return rows
+        counts = self.all_gather(torch.tensor(rows.shape[0], device=rows.device)).flatten()
+        padded = rows.new_zeros((int(counts.max()), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        gathered = self.all_gather(padded)
+        return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
+
+    # ----------------------------------------------------------------- step 2
+    def _step2_update(self, batch: Batch) -> None:
+        optimizer = self.optimizers()[1]
+        assert self.score_cache is not None
+        index = batch["index"].to(self.score_cache.labels.device)
+        bound = runner_up_bound(
+            self.score_cache.scores[:, index],
+            self.head.integration,
+            self.head.bias.detach(),
+            self.tau,
+            self.score_cache.labels[index],
+        )
+        loss = -bound.mean()
+        (grad,) = torch.autograd.grad(loss, self.head.integration)
+        if self.trainer.world_size > 1:
+            grad = self.trainer.strategy.reduce(grad, reduce_op="mean")
+        optimizer.zero_grad()
+        self.head.integration.grad = grad
+        optimizer.step()
+        optimizer.zero_grad()
+        self.log("train/step2_bound", bound.mean(), batch_size=index.shape[0], prog_bar=True)
+
+    # ----------------------------------------------------------------- common
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        if self.in_step2:
+            self._step2_update(batch)
+        else:
+            self._step1_update(batch)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/phase", self.phase.float())
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and not self.in_step2:
+            scheduler.step()
+
+    def log_extra_metrics(self, output, batch: Batch, stage: str) -> None:
+        if not self.in_step2:
+            return
+        radius = certified_radius(output.scores, self.head.integration, self.head.bias, self.tau, batch["label"])
+        self.log(f"{stage}/certified_radius", radius.mean(), batch_size=radius.shape[0], sync_dist=True)
+
+
+def _score_function(encoder: nn.Module, weight: torch.Tensor):
+    """x^(m) (B, ...) -> s^(m) (B, K) = W~^(m) phi^(m)(x^(m))."""
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        return encoder(inputs) @ weight.T
+
+    return score
+
+
+def _build_cache(scores: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> ScoreCache:
+    """Dense cache from gathered rows: scores (N_rows, M, K), labels and dataset indices (N_rows,)."""
+    size = int(indices.max()) + 1
+    dense = scores.new_zeros((scores.shape[1], size, scores.shape[2]))
+    dense[:, indices] = scores.transpose(0, 1)
+    dense_labels = labels.new_zeros(size)
+    dense_labels[indices] = labels
+    present = torch.zeros(size, dtype=torch.bool, device=scores.device)
+    present[indices] = True
+    return ScoreCache(scores=dense, labels=dense_labels, present=present)

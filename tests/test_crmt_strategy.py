@@ -1,0 +1,132 @@
+"""CRMT-JT mechanics in real Trainer runs: phase switch, frozen step 2, checkpoint resume."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from crmt.certify import runner_up_bound
+from crmt.strategies import crmt as crmt_strategy
+from crmt.strategies import CRMTJointTraining
+
+
+def make_model(num_classes: int = 3, step1_epochs: int = 2, step2_epochs: int = 2) -> CRMTJointTraining:
+    return CRMTJointTraining(
+        num_classes=num_classes,
+        encoder_width=4,
+        step1_epochs=step1_epochs,
+        step2_epochs=step2_epochs,
+        optimizer=partial(torch.optim.Adam, lr=1e-2),
+        step2_optimizer=partial(torch.optim.Adam, lr=5e-2),
+    )
+
+
+def make_trainer(max_epochs: int, tmp_path, callbacks=(), **kwargs) -> Trainer:
+    return Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+class PhaseRecorder(Callback):
+    """Records the phase at each epoch end and a state snapshot at the last step-1 epoch."""
+
+    def __init__(self, step1_epochs: int) -> None:
+        self.step1_epochs = step1_epochs
+        self.phases: list[tuple[int, int]] = []
+        self.step1_state: dict[str, torch.Tensor] | None = None
+        self.bound_at_switch: float | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.phases.append((trainer.current_epoch, int(pl_module.phase)))
+        if trainer.current_epoch == self.step1_epochs - 1:
+            self.step1_state = copy.deepcopy(pl_module.state_dict())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.step1_epochs and batch_idx == 0:
+            self.bound_at_switch = cached_mean_bound(pl_module)
+
+
+def cached_mean_bound(model: CRMTJointTraining) -> float:
+    cache = model.score_cache
+    with torch.no_grad():
+        bound = runner_up_bound(
+            cache.scores[:, cache.present], model.head.integration, model.head.bias, model.tau, cache.labels[cache.present]
+        )
+    return bound.mean().item()
+
+
+def test_phase_switches_at_step1_epochs_and_step2_changes_only_integration(tmp_path, tensor_data):
+    seed_everything(0)
+    model = make_model(step1_epochs=2, step2_epochs=3)
+    recorder = PhaseRecorder(step1_epochs=2)
+    make_trainer(5, tmp_path, [recorder]).fit(model, datamodule=tensor_data)
+
+    assert recorder.phases == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]
+    assert (model.tau > 0).all(), "tau~ must be estimated for every class and modality"
+    assert int(model.score_cache.present.sum()) == len(tensor_data.train_set)
+
+    before, after = recorder.step1_state, model.state_dict()
+    changed = [name for name in after if not torch.equal(before[name], after[name])]
+    assert sorted(changed) == ["head.integration", "phase", "tau"], changed
+    assert recorder.bound_at_switch is not None
+    assert cached_mean_bound(model) > recorder.bound_at_switch
+
+
+def test_resume_from_step2_checkpoint_continues_step2(tmp_path, tensor_data, monkeypatch):
+    tensor_data.batch_size = len(tensor_data.train_set)  # full-batch step 2: independent of the data order
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    seed_everything(0)
+    uninterrupted = make_model(step1_epochs=1, step2_epochs=3)
+    make_trainer(4, tmp_path, [checkpoints]).fit(uninterrupted, datamodule=tensor_data)
+
+    saved = torch.load(tmp_path / "ckpt" / "epoch=1.ckpt", weights_only=False)["state_dict"]
+    assert int(saved["phase"]) == 2
+
+    class LoadedState(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.current_epoch == 2 and batch_idx == 0:
+                self.phase = int(pl_module.phase)
+                self.tau = pl_module.tau.clone()
+                self.integration = pl_module.head.integration.detach().clone()
+
+    estimator_calls = []
+    monkeypatch.setattr(crmt_strategy, "score_gradient_norms", lambda *args: estimator_calls.append(args))
+    seed_everything(0)
+    loaded = LoadedState()
+    resumed = make_model(step1_epochs=1, step2_epochs=3)
+    make_trainer(4, tmp_path, [loaded]).fit(resumed, datamodule=tensor_data, ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")
+
+    assert loaded.phase == 2
+    assert estimator_calls == [], "a resumed step-2 run must reuse the saved tau~, not estimate it again"
+    torch.testing.assert_close(loaded.tau, saved["tau"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.integration, saved["head.integration"], rtol=0, atol=0)
+    torch.testing.assert_close(resumed.tau, uninterrupted.tau, rtol=0, atol=0)
+    torch.testing.assert_close(resumed.head.integration, uninterrupted.head.integration, rtol=1e-5, atol=1e-6)
+    for name, value in uninterrupted.state_dict().items():
+        if name != "head.integration":
+            assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_validation_reports_accuracy_and_certified_radius(tmp_path, tensor_data):
+    seed_everything(0)
+    model = make_model(step1_epochs=1, step2_epochs=1)
+    trainer = make_trainer(2, tmp_path)
+    trainer.fit(model, datamodule=tensor_data)
+    metrics = trainer.callback_metrics
+    assert 0.0 <= metrics["val/acc"].item() <= 1.0
+    assert metrics["val/certified_radius"].item() >= 0.0
+    assert metrics["train/phase"].item() == 2.0
