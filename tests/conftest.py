@@ -14,13 +14,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 
 class TensorAVDataset(Dataset):
-    """Class-dependent Gaussian visual (3, T, H, W) and audio (1, F, T_a) tensors, with dataset indices."""
+    """Class-dependent (the same class means in every split) Gaussian visual (3, T, H, W) and audio (1, F, T_a) tensors, with dataset indices."""
 
     def __init__(self, size: int, num_classes: int, seed: int) -> None:
+        class_generator = torch.Generator().manual_seed(0)
+        visual_means = torch.randn(num_classes, 3, 1, 1, 1, generator=class_generator)
+        audio_means = torch.randn(num_classes, 1, 12, 1, generator=class_generator)
         generator = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(size) % num_classes
-        visual_means = torch.randn(num_classes, 3, 1, 1, 1, generator=generator)
-        audio_means = torch.randn(num_classes, 1, 12, 1, generator=generator)
         self.visual = visual_means[self.labels] + torch.randn(size, 3, 2, 16, 16, generator=generator)
         self.audio = audio_means[self.labels] + torch.randn(size, 1, 12, 16, generator=generator)
 

@@ -1,4 +1,4 @@
-"""CRMT-JT mechanics in real Trainer runs: phase switch, frozen step 2, checkpoint resume."""
+"""Strategy mechanics in real Trainer runs: CRMT phase switch, frozen step 2, checkpoint resume; JT."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from crmt.certify import runner_up_bound
 from crmt.strategies import crmt as crmt_strategy
-from crmt.strategies import CRMTJointTraining
+from crmt.strategies import CRMTJointTraining, JointTraining
 
 
 def make_model(num_classes: int = 3, step1_epochs: int = 2, step2_epochs: int = 2) -> CRMTJointTraining:
@@ -130,3 +130,12 @@ def test_validation_reports_accuracy_and_certified_radius(tmp_path, tensor_data)
     assert 0.0 <= metrics["val/acc"].item() <= 1.0
     assert metrics["val/certified_radius"].item() >= 0.0
     assert metrics["train/phase"].item() == 2.0
+
+
+def test_joint_training_learns_the_tensor_task(tmp_path, tensor_data):
+    seed_everything(0)
+    model = JointTraining(num_classes=3, encoder_width=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    trainer = make_trainer(10, tmp_path)
+    trainer.fit(model, datamodule=tensor_data)
+    assert trainer.callback_metrics["val/acc"].item() > 0.6  # chance is 1/3
+    assert "val/certified_radius" not in trainer.callback_metrics

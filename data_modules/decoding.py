@@ -1,0 +1,180 @@
+"""Decode the audio track and a few video frames of one clip with PyAV."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import av
+import numpy as np
+import torch
+
+StrPath = str | os.PathLike[str]
+
+
+class ClipDecodeError(RuntimeError):
+    """A clip cannot be read; the message names the file and the reason.
+
+    The constructor takes the full message (so that a DataLoader worker can re-raise it
+    unchanged); use :meth:`for_clip` to build one from a path and a reason.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+    @classmethod
+    def for_clip(cls, path: StrPath, reason: str) -> ClipDecodeError:
+        """The error for one clip: ``cannot decode clip <path>: <reason>``."""
+        return cls(f"cannot decode clip {os.fspath(path)}: {reason}", path=os.fspath(path), reason=reason)
+
+
+class DecodedClip(NamedTuple):
+    """Both streams of a clip: ``audio`` (n,) float32 mono, ``frames`` (T, H, W, 3) uint8."""
+
+    audio: torch.Tensor
+    frames: torch.Tensor
+
+
+def describe_error(error: BaseException) -> str:
+    """A short reason for a PyAV / OS error, without the file name PyAV appends."""
+    strerror = getattr(error, "strerror", None)
+    return strerror if isinstance(strerror, str) and strerror else str(error) or type(error).__name__
+
+
+def probe_clip(path: StrPath) -> str | None:
+    """Cheaply check that ``path`` opens and has a video and an audio stream.
+
+    Returns ``None`` for a usable clip, else the reason it is not. Nothing is decoded.
+    """
+    try:
+        with _open(path) as container:
+            missing = [kind for kind in ("video", "audio") if not getattr(container.streams, kind)]
+    except ClipDecodeError as error:
+        return error.reason
+    return f"no {' and no '.join(missing)} stream" if missing else None
+
+
+def sample_frame_indices(
+    num_decoded: int, num_frames: int, *, train: bool, generator: torch.Generator | None = None
+) -> list[int]:
+    """Pick one frame index per segment, splitting ``range(num_decoded)`` into ``num_frames`` segments.
+
+    Segment ``k`` is ``[floor(k n / T), floor((k + 1) n / T))`` (at least one frame wide, so
+    indices repeat when ``n < T``). Training draws a uniform frame within each segment from
+    ``generator`` (torch's global RNG when ``None``); evaluation takes the segment centre.
+    """
+    if num_decoded < 1 or num_frames < 1:
+        raise ValueError(f"need num_decoded >= 1 and num_frames >= 1, got {num_decoded} and {num_frames}")
+    if not train:
+        return [int((k + 0.5) * num_decoded / num_frames) for k in range(num_frames)]
+    starts = torch.tensor([k * num_decoded // num_frames for k in range(num_frames)])
+    ends = torch.tensor([(k + 1) * num_decoded // num_frames for k in range(num_frames)])
+    widths = torch.clamp(ends - starts, min=1)
+    offsets = (torch.rand(num_frames, generator=generator) * widths).long()
+    return (starts + offsets).tolist()
+
+
+@contextmanager
+def _clip_errors(path: StrPath) -> Iterator[None]:
+    """Turn PyAV / OS errors raised inside the block into a :class:`ClipDecodeError` for ``path``."""
+    try:
+        yield
+    except (av.FFmpegError, OSError) as error:
+        raise ClipDecodeError.for_clip(path, describe_error(error)) from error
+
+
+def _open(path: StrPath) -> av.container.InputContainer:
+    """Open ``path`` for demuxing; any failure (an empty file included) is a :class:`ClipDecodeError`."""
+    with _clip_errors(path):
+        if os.stat(path).st_size == 0:
+            raise ClipDecodeError.for_clip(path, "empty file (0 bytes)")
+        return av.open(os.fspath(path))
+
+
+def _decode(
+    path: StrPath, *, sample_rate: int | None, video: bool
+) -> tuple[list[np.ndarray], list[av.VideoFrame]]:
+    """Demux once: mono float32 chunks of the first audio stream resampled to ``sample_rate``
+    (skipped when ``None``) and, when ``video``, every frame of the first video stream."""
+    with _clip_errors(path), _open(path) as container:
+        streams = []
+        if sample_rate is not None:
+            if not container.streams.audio:
+                raise ClipDecodeError.for_clip(path, "no audio stream")
+            streams.append(container.streams.audio[0])
+        if video:
+            if not container.streams.video:
+                raise ClipDecodeError.for_clip(path, "no video stream")
+            streams.append(container.streams.video[0])
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate) if sample_rate else None
+        chunks: list[np.ndarray] = []
+        frames: list[av.VideoFrame] = []
+        for frame in container.decode(*streams):
+            if isinstance(frame, av.VideoFrame):
+                frames.append(frame)
+            elif resampler is not None:
+                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        if resampler is not None:
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    return chunks, frames
+
+
+def _waveform(path: StrPath, chunks: list[np.ndarray]) -> torch.Tensor:
+    """Concatenate resampled chunks into ``(n,)`` float32 clamped to [-1, 1]."""
+    if sum(len(chunk) for chunk in chunks) == 0:
+        raise ClipDecodeError.for_clip(path, "audio stream has no samples")
+    return torch.from_numpy(np.concatenate(chunks)).clamp_(-1.0, 1.0)
+
+
+def _select_frames(
+    path: StrPath,
+    frames: list[av.VideoFrame],
+    num_frames: int,
+    frame_size: int,
+    *,
+    train: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Resize the sampled frames to RGB uint8 ``(num_frames, frame_size, frame_size, 3)``."""
+    if not frames:
+        raise ClipDecodeError.for_clip(path, "video stream has no decodable frames")
+    indices = sample_frame_indices(len(frames), num_frames, train=train, generator=generator)
+    with _clip_errors(path):
+        images = [frames[i].to_ndarray(format="rgb24", width=frame_size, height=frame_size) for i in indices]
+    return torch.from_numpy(np.stack(images))
+
+
+def decode_audio(path: StrPath, sample_rate: int = 16000) -> torch.Tensor:
+    """The first audio stream of ``path`` as mono float32 ``(n,)`` in [-1, 1] at ``sample_rate`` Hz."""
+    chunks, _ = _decode(path, sample_rate=sample_rate, video=False)
+    return _waveform(path, chunks)
+
+
+def decode_frames(
+    path: StrPath, num_frames: int, frame_size: int, *, train: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``num_frames`` RGB frames of the first video stream, uint8 ``(num_frames, frame_size, frame_size, 3)``.
+
+    All frames are decoded (clips are short); one per segment is kept, see :func:`sample_frame_indices`.
+    """
+    _, frames = _decode(path, sample_rate=None, video=True)
+    return _select_frames(path, frames, num_frames, frame_size, train=train, generator=generator)
+
+
+def decode_clip(
+    path: StrPath,
+    *,
+    num_frames: int,
+    frame_size: int,
+    train: bool,
+    sample_rate: int = 16000,
+    generator: torch.Generator | None = None,
+) -> DecodedClip:
+    """Both streams of ``path`` from a single demuxing pass; see :func:`decode_audio`, :func:`decode_frames`."""
+    chunks, frames = _decode(path, sample_rate=sample_rate, video=True)
+    audio = _waveform(path, chunks)
+    return DecodedClip(audio, _select_frames(path, frames, num_frames, frame_size, train=train, generator=generator))

@@ -1,0 +1,92 @@
+"""The embedded synthetic audio-visual dataset as a LightningDataModule, generated on first use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from data_modules.clips import ClipDataModule
+from data_modules.synthetic import MANIFEST_NAME, EmbeddedDatasetSpec, generate_embedded_dataset
+
+
+class EmbeddedAVDataModule(ClipDataModule):
+    """:class:`ClipDataModule` over the synthetic dataset of :mod:`data_modules.synthetic`.
+
+    ``prepare_data`` writes the clips and ``manifest.csv`` under ``root`` unless ``root``
+    already holds a complete dataset of the same spec. The generator settings are those of
+    :class:`EmbeddedDatasetSpec`; ``seed`` seeds both the data and the training loader.
+    Loading defaults suit CPU training on 1 s clips: ``audio_frames=100`` covers the whole
+    clip, and ``audio_mean`` / ``audio_std`` are the filterbank statistics of the default
+    training split.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/embedded",
+        num_classes: int = 6,
+        train_per_class: int = 40,
+        val_per_class: int = 10,
+        test_per_class: int = 10,
+        clip_seconds: float = 1.0,
+        fps: int = 12,
+        video_size: int = 48,
+        audio_rate: int = 22050,
+        clip_audio_channels: int = 2,
+        seed: int = 0,
+        audio_noise: float = 0.5,
+        visual_noise: float = 1.0,
+        audio_confusion: float = 0.05,
+        visual_confusion: float = 0.3,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        sample_rate: int = 16000,
+        num_mel_bins: int = 128,
+        audio_frames: int = 100,
+        audio_mean: float = -1.97,
+        audio_std: float = 3.62,
+        num_frames: int = 3,
+        frame_size: int = 48,
+        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        on_bad_clip: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        self.root = Path(root)
+        self.spec = EmbeddedDatasetSpec(
+            num_classes=num_classes,
+            train_per_class=train_per_class,
+            val_per_class=val_per_class,
+            test_per_class=test_per_class,
+            clip_seconds=clip_seconds,
+            fps=fps,
+            video_size=video_size,
+            audio_rate=audio_rate,
+            clip_audio_channels=clip_audio_channels,
+            seed=seed,
+            audio_noise=audio_noise,
+            visual_noise=visual_noise,
+            audio_confusion=audio_confusion,
+            visual_confusion=visual_confusion,
+        )
+        super().__init__(
+            manifest=str(self.root / MANIFEST_NAME),
+            num_classes=num_classes,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            sample_rate=sample_rate,
+            num_mel_bins=num_mel_bins,
+            audio_frames=audio_frames,
+            audio_mean=audio_mean,
+            audio_std=audio_std,
+            num_frames=num_frames,
+            frame_size=frame_size,
+            visual_mean=visual_mean,
+            visual_std=visual_std,
+            on_bad_clip=on_bad_clip,
+            seed=seed,
+        )
+        # The parent recorded the derived ``manifest`` too; keep only this class's own arguments.
+        self.save_hyperparameters(ignore="manifest")
+
+    def prepare_data(self) -> None:
+        """Generate the dataset under ``root`` unless it is already there with the same spec."""
+        generate_embedded_dataset(self.root, self.spec)

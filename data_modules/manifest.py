@@ -1,0 +1,63 @@
+"""The clip manifest: a CSV file with header ``path,label,split``, one clip per row."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+SPLITS: Final = ("train", "val", "test")
+COLUMNS: Final = ("path", "label", "split")
+
+
+class ManifestError(ValueError):
+    """A manifest is malformed; the message names the file and, where known, the line."""
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One manifest row: the clip ``path`` (joined onto the manifest's folder), its class ``label``
+    and its ``split``."""
+
+    path: Path
+    label: int
+    split: str
+
+
+def read_manifest(path: str | os.PathLike[str], num_classes: int | None = None) -> list[ClipRecord]:
+    """Read every row of the manifest at ``path``.
+
+    Relative clip paths are resolved against the manifest's folder. Labels must be integers
+    ``>= 0`` (and ``< num_classes`` when given); splits one of ``train``, ``val``, ``test``.
+    """
+    manifest = Path(path)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found")
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in COLUMNS if column not in (reader.fieldnames or ())]
+        if missing:
+            raise ManifestError(
+                f"manifest {manifest}: header must contain {', '.join(COLUMNS)}; missing {', '.join(missing)}"
+            )
+        return [_record(manifest, reader.line_num, row, num_classes) for row in reader]
+
+
+def _record(manifest: Path, line: int, row: dict[str, str], num_classes: int | None) -> ClipRecord:
+    """Validate one CSV row (``line`` is its 1-based line number in the file)."""
+    where = f"manifest {manifest}, line {line}"
+    clip, label_text, split = (row[column] for column in COLUMNS)
+    if not clip:
+        raise ManifestError(f"{where}: empty path")
+    try:
+        label = int(label_text)
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: label {label_text!r} is not an integer") from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        raise ManifestError(f"{where}: label {label} is outside {bound} (num_classes={num_classes})")
+    if split not in SPLITS:
+        raise ManifestError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    return ClipRecord(path=manifest.parent / clip, label=label, split=split)

@@ -1,0 +1,144 @@
+"""The command line, end to end: config parsing, a real CRMT-JT fit through both phases, W&B files, DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from crmt.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml") if p.stem != "defaults")
+
+TINY_DATA = [
+    "--data.init_args.train_per_class=4",
+    "--data.init_args.val_per_class=2",
+    "--data.init_args.test_per_class=2",
+    "--data.init_args.num_classes=4",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=8",
+]
+
+
+def tiny_run_args(tmp_path: Path) -> list[str]:
+    return [
+        *TINY_DATA,
+        f"--data.init_args.root={tmp_path / 'data'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        "--model.init_args.encoder_width=4",
+        "--model.init_args.step1_epochs=1",
+        "--model.init_args.step2_epochs=1",
+        "--trainer.log_every_n_steps=1",
+    ]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "crmt", *args],
+        cwd=cwd,
+        env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return output
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    """LightningCLI(args=...) warns when sys.argv holds pytest's own arguments."""
+    monkeypatch.setattr(sys, "argv", ["crmt"])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_config_parses(experiment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "experiments" / f"{experiment}.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"].startswith("crmt.strategies.")
+    assert config["data"]["class_path"] == "data_modules.EmbeddedAVDataModule"
+    assert config["trainer"]["logger"]["init_args"]["name"] == experiment
+
+
+def test_crmt_epoch_plan_sets_max_epochs_and_overrides_pass_through(capsys):
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "experiments" / "crmt_jt.yaml"),
+                "--model.rho=1.0",
+                "--model.step1_epochs=3",
+                "--print_config",
+            ]
+        )
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["rho"] == 1.0
+    assert config["model"]["init_args"]["step1_epochs"] == 3
+
+
+def wandb_run_dir(save_dir: Path) -> Path:
+    runs = sorted((save_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
+    """A real `python -m crmt fit`: MP4 generation, decoding, step 1, the switch, step 2, test, W&B files."""
+    output = run_cli(["fit", "--config", "experiments/crmt_jt.yaml", *tiny_run_args(tmp_path)], cwd=REPO)
+    assert "CRMT phase switch at epoch 1" in output
+    assert "test/acc" in output
+
+    run_dir = wandb_run_dir(tmp_path / "runs")
+    records = next(run_dir.glob("run-*.wandb")).read_bytes()
+    for metric in ("train/loss", "train/margin", "train/step2_bound", "train/phase", "val/acc", "val/certified_radius", "test/acc"):
+        assert metric.encode() in records, f"{metric} not in the W&B run file {run_dir}"
+
+    checkpoints = list((tmp_path / "runs").rglob("last.ckpt"))
+    assert len(checkpoints) == 1, checkpoints
+    state = torch.load(checkpoints[0], weights_only=False)["state_dict"]
+    assert int(state["phase"]) == 2
+    assert (state["tau"] > 0).all()
+
+
+def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
+    """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): both ranks end identical, step 2 saw all samples."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "scripts" / "fit_and_dump_state.py"),
+            "fit",
+            "--config",
+            "experiments/crmt_jt.yaml",
+            *tiny_run_args(tmp_path),
+            "--trainer.accelerator=cpu",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--test_after_fit=false",
+        ],
+        cwd=REPO,
+        env={**os.environ, "WANDB_MODE": "offline", "CRMT_STATE_DIR": str(state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    rank0, rank1 = (torch.load(state_dir / f"rank{r}.pt") for r in (0, 1))
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["phase"] == rank1["phase"] == 2
+    assert torch.equal(rank0["tau"], rank1["tau"]) and (rank0["tau"] > 0).all()
+    assert torch.equal(rank0["integration"], rank1["integration"])
+    assert not torch.allclose(rank0["integration"], torch.ones_like(rank0["integration"]))
+    assert rank0["cached_samples"] == rank1["cached_samples"] == rank0["train_samples"]
