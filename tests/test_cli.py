@@ -110,6 +110,15 @@ def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
     assert int(state["phase"]) == 2
     assert (state["tau"] > 0).all()
 
+    # `test` and `validate` from the checkpoint restore step 2: the certified radius (step 2 only) is reported
+    for subcommand, stage in (("test", "test"), ("validate", "val")):
+        cli = main(
+            [subcommand, "--config", "experiments/crmt_jt.yaml", *tiny_run_args(tmp_path), "--trainer.logger=false",
+             f"--ckpt_path={checkpoints[0]}"]
+        )
+        assert int(cli.model.phase) == 2 and torch.equal(cli.model.tau, state["tau"])
+        assert cli.trainer.callback_metrics[f"{stage}/certified_radius"].item() > 0
+
 
 def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
     """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): both ranks end identical, step 2 saw all samples."""
