@@ -28,15 +28,20 @@ from crmt.models.encoders import AudioEncoder, VisualEncoder
 from crmt.models.heads import OrthogonalFusion
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_median_seconds(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each candidate over ``repeats`` rounds, after one warm-up round.
+
+    Each round runs every candidate once, so slow drifts of the machine (frequency, other
+    load) affect all candidates alike and the ratios stay fair.
+    """
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_index in range(repeats + 1):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            if round_index > 0:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def official_style_norms(encoder: torch.nn.Module, weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -65,12 +70,15 @@ def bench_tau(args: argparse.Namespace) -> dict[str, float]:
         for k in range(args.classes):
             torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k + 1 < args.classes)
 
-    results = {
-        "tau_loop_s": median_seconds(lambda: score_gradient_norms(score_fn, inputs, "loop"), args.repeats),
-        "tau_batched_s": median_seconds(lambda: score_gradient_norms(score_fn, inputs, "batched"), args.repeats),
-        "tau_official_style_s": median_seconds(lambda: official_style_norms(encoder, weight, inputs), args.repeats),
-        "tau_lower_limit_s": median_seconds(lower_limit, args.repeats),
-    }
+    results = interleaved_median_seconds(
+        {
+            "tau_loop_s": lambda: score_gradient_norms(score_fn, inputs, "loop"),
+            "tau_batched_s": lambda: score_gradient_norms(score_fn, inputs, "batched"),
+            "tau_official_style_s": lambda: official_style_norms(encoder, weight, inputs),
+            "tau_lower_limit_s": lower_limit,
+        },
+        args.repeats,
+    )
     reference = score_gradient_norms(score_fn, inputs, "loop")[1]
     torch.testing.assert_close(official_style_norms(encoder, weight, inputs), reference, rtol=1e-4, atol=1e-6)
     return results
@@ -113,10 +121,7 @@ def bench_step2(args: argparse.Namespace) -> dict[str, float]:
         for _ in range(args.step2_epochs):
             update(encode(), optimizer)
 
-    return {
-        "step2_cached_s": median_seconds(cached, args.repeats),
-        "step2_recomputed_s": median_seconds(recomputed, args.repeats),
-    }
+    return interleaved_median_seconds({"step2_cached_s": cached, "step2_recomputed_s": recomputed}, args.repeats)
 
 
 def parse_args() -> argparse.Namespace:
