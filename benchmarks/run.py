@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from crmt.certify import runner_up_bound
-from crmt.lipschitz import score_gradient_norms
-from crmt.models.encoders import AudioEncoder, VisualEncoder
+from crmt.models.encoders import FrameEncoder, SpectrogramEncoder
+from crmt.robustness.certify import runner_up_bound
+from crmt.robustness.lipschitz import score_gradient_norms
 from crmt.models.heads import OrthogonalFusion
 
 
@@ -59,7 +59,7 @@ def official_style_norms(encoder: torch.nn.Module, weight: torch.Tensor, inputs:
 
 def bench_tau(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(0)
-    encoder = AudioEncoder(1, args.width).eval()
+    encoder = SpectrogramEncoder(1, args.width).eval()
     weight = torch.linalg.qr(torch.randn(encoder.out_dim, args.classes))[0].T.contiguous()
     inputs = torch.randn(args.batch, 1, args.mel_bins, args.audio_frames)
     score_fn = lambda x: encoder(x) @ weight.T  # noqa: E731
@@ -86,8 +86,8 @@ def bench_tau(args: argparse.Namespace) -> dict[str, float]:
 
 def bench_step2(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(0)
-    visual_encoder = VisualEncoder(3, args.step2_width).eval()
-    audio_encoder = AudioEncoder(1, args.step2_width).eval()
+    visual_encoder = FrameEncoder(3, args.step2_width).eval()
+    audio_encoder = SpectrogramEncoder(1, args.step2_width).eval()
     head = OrthogonalFusion([visual_encoder.out_dim, audio_encoder.out_dim], args.classes)
     visual = torch.randn(args.step2_samples, 3, 3, args.frame_size, args.frame_size)
     audio = torch.randn(args.step2_samples, 1, args.mel_bins, args.step2_audio_frames)

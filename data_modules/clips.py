@@ -160,7 +160,8 @@ class ClipDataModule(L.LightningDataModule):
     """Audio-visual classification clips listed in a ``path,label,split`` CSV manifest.
 
     Batches are dicts with ``audio`` (B, 1, num_mel_bins, audio_frames), ``visual``
-    (B, 3, num_frames, frame_size, frame_size) float32, and ``label``, ``index`` (B,) int64.
+    (B, 3, num_frames, frame_size, frame_size) float32, and ``label``, ``index`` (B,) int64;
+    ``input_shapes`` and ``pixel_normalization`` describe them to the model and the attacks.
     ``setup`` probes every clip of the requested splits; unusable ones raise one
     :class:`ClipDecodeError` (``on_bad_clip="raise"``) or are dropped and listed in
     ``skipped_clips`` as ``(path, reason)`` (``"skip"``). ``seed`` seeds the training
@@ -213,6 +214,23 @@ class ClipDataModule(L.LightningDataModule):
         )
         self.skipped_clips: list[tuple[str, str]] = []
         self.datasets: dict[str, ClipDataset] = {}
+
+    @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        """Shape of one sample's input per modality (no batch dimension), in modality order."""
+        settings = self.settings
+        return {
+            "visual": [3, settings.num_frames, settings.frame_size, settings.frame_size],
+            "audio": [1, settings.num_mel_bins, settings.audio_frames],
+        }
+
+    @property
+    def pixel_normalization(self) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+        """(mean, std) per channel of the modalities whose raw values are pixels in [0, 1].
+
+        Attacks use it to keep perturbed frames valid images; audio has no such range.
+        """
+        return {"visual": (self.settings.visual_mean, self.settings.visual_std)}
 
     def setup(self, stage: str | None = None) -> None:
         """Read the manifest and build (once) the datasets of the splits ``stage`` needs."""

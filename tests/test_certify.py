@@ -1,57 +1,115 @@
-"""Certified bounds of the orthogonal framework against hand computations and an exact linear model."""
+"""Certified bounds against hand computations and exact linear models (every Lipschitz constant known)."""
 
 import torch
 
-from crmt.certify import certified_bounds, certified_radius, runner_up_bound, runner_up_class
+from crmt.robustness.certify import (
+    certified_accuracy,
+    certified_bounds,
+    certified_radius,
+    linear_pair_lipschitz,
+    orthogonal_pair_lipschitz,
+    runner_up_bound,
+    runner_up_class,
+    unimodal_radius,
+)
 
 
-def test_bound_matches_hand_computation():
+def fused(scores, integration, bias):
+    return (integration[:, None, :] * scores).sum(0) + bias
+
+
+def test_orthogonal_bound_matches_hand_computation():
     scores = torch.tensor([[[3.0, 1.0, 0.0]], [[2.0, 0.5, 1.0]]])  # (M=2, B=1, K=3)
     integration = torch.tensor([[1.0, 2.0, 1.0], [0.5, 1.0, 3.0]])
     bias = torch.tensor([0.1, 0.0, -0.2])
     tau = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.25, 1.0]])
     labels = torch.tensor([0])
-    bounds = certified_bounds(scores, integration, bias, tau, labels)
+    table = orthogonal_pair_lipschitz(integration, tau)
+    bounds = certified_bounds(fused(scores, integration, bias), labels, table)
     # j = 1: numerator (1*3 - 2*1) + (0.5*2 - 1*0.5) + 0.1 = 1.6; den sqrt((1*1 + 2*2)^2 + (0.5*0.5 + 1*0.25)^2)
     r1 = 1.6 / ((1 + 4) ** 2 + (0.25 + 0.25) ** 2) ** 0.5
     # j = 2: numerator (3 - 0) + (1 - 3) + 0.3 = 1.3; den sqrt((1 + 3)^2 + (0.25 + 3)^2)
     r2 = 1.3 / ((1 + 3) ** 2 + (0.25 + 3) ** 2) ** 0.5
     torch.testing.assert_close(bounds[0, 1:], torch.tensor([r1, r2]))
     assert bounds[0, 0] == float("inf")
-    torch.testing.assert_close(certified_radius(scores, integration, bias, tau, labels), torch.tensor([min(r1, r2)]))
+    radius = certified_radius(fused(scores, integration, bias), labels, table)
+    torch.testing.assert_close(radius, torch.tensor([min(r1, r2)]))
+    # uni-modal (Prop. 3.4 form): the same numerators over one modality's term
+    visual = unimodal_radius(fused(scores, integration, bias), labels, table, 0)
+    torch.testing.assert_close(visual, torch.tensor([min(1.6 / 5, 1.3 / 4)]))
 
 
 def test_radius_is_zero_for_misclassified_and_runner_up_is_not_label():
-    scores = torch.tensor([[[0.0, 2.0]], [[0.0, 1.0]]])
-    ones = torch.ones(2, 2)
-    radius = certified_radius(scores, ones, torch.zeros(2), ones, torch.tensor([0]))
-    assert radius.item() == 0.0
-    logits = torch.tensor([[5.0, 4.0, 9.0]])
-    assert runner_up_class(logits, torch.tensor([2])).item() == 0
+    logits = torch.tensor([[0.0, 3.0]])
+    table = torch.ones(2, 2, 2)
+    assert certified_radius(logits, torch.tensor([0]), table).item() == 0.0
+    assert unimodal_radius(logits, torch.tensor([0]), table, 1).item() == 0.0
+    assert runner_up_class(torch.tensor([[5.0, 4.0, 9.0]]), torch.tensor([2])).item() == 0
 
 
-def test_radius_never_exceeds_exact_distance_of_a_linear_model():
-    """Linear encoders s^(m)(x) = A_m x^(m): tau_k^(m) = ||row k of A_m||, and the exact l2 distance to
-    the boundary of the pair (y, j) is margin_j / ||concat_m(a_y A_y - a_j A_j)||. The certified
-    radius is a lower bound of the smallest such distance."""
-    torch.manual_seed(0)
-    k, d = 4, 6
-    maps = [torch.randn(k, d), torch.randn(k, d)]
-    integration = torch.rand(2, k) + 0.5
-    bias = torch.randn(k) * 0.1
-    x = [torch.randn(1, d), torch.randn(1, d)]
-    scores = torch.stack([xi @ a.T for xi, a in zip(x, maps)])
-    logits = (integration[:, None, :] * scores).sum(0) + bias
-    y = int(logits.argmax())
-    tau = torch.stack([a.norm(dim=1) for a in maps])
-    radius = certified_radius(scores, integration, bias, tau, torch.tensor([y])).item()
-    distances = []
-    for j in range(k):
+def linear_model(seed: int, k: int = 4, d: int = 6):
+    """Linear encoders s^(m)(x) = A_m x^(m) fused by h = sum_m a^(m) * s^(m) + b."""
+    generator = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(k, d, generator=generator), torch.randn(k, d, generator=generator)]
+    integration = torch.rand(2, k, generator=generator) + 0.5
+    bias = torch.randn(k, generator=generator) * 0.1
+    x = [torch.randn(1, d, generator=generator), torch.randn(1, d, generator=generator)]
+    return maps, integration, bias, x
+
+
+def exact_boundary_distances(maps, integration, logits, y):
+    """l2 distance from x to the boundary h_y = h_j of each class pair, and per modality."""
+    joint, per_modality = [], [[], []]
+    for j in range(logits.shape[1]):
         if j == y:
             continue
-        gradient = torch.cat([integration[m, y] * maps[m][y] - integration[m, j] * maps[m][j] for m in range(2)])
-        distances.append(((logits[0, y] - logits[0, j]) / gradient.norm()).item())
-    assert 0 < radius <= min(distances) + 1e-6
+        margin = (logits[0, y] - logits[0, j]).item()
+        rows = [integration[m, y] * maps[m][y] - integration[m, j] * maps[m][j] for m in range(2)]
+        joint.append(margin / torch.cat(rows).norm().item())
+        for m in range(2):
+            per_modality[m].append(margin / rows[m].norm().item())
+    return min(joint), [min(d) for d in per_modality]
+
+
+def test_orthogonal_radius_never_exceeds_exact_distance_of_a_linear_model():
+    for seed in range(20):
+        maps, integration, bias, x = linear_model(seed)
+        scores = torch.stack([xi @ a.T for xi, a in zip(x, maps)])
+        logits = fused(scores, integration, bias)
+        y = int(logits.argmax())
+        tau = torch.stack([a.norm(dim=1) for a in maps])  # exact Lipschitz constant of each s_k
+        table = orthogonal_pair_lipschitz(integration, tau)
+        joint, per_modality = exact_boundary_distances(maps, integration, logits, y)
+        labels = torch.tensor([y])
+        assert 0 < certified_radius(logits, labels, table).item() <= joint + 1e-6
+        for m in range(2):
+            assert unimodal_radius(logits, labels, table, m).item() <= per_modality[m] + 1e-6
+
+
+def test_exact_pair_table_of_a_linear_model_gives_the_exact_uni_modal_distance():
+    """With the exact gradients of each class-pair margin (the JT form), the uni-modal radius is exact."""
+    for seed in range(10):
+        maps, integration, bias, x = linear_model(seed)
+        scores = torch.stack([xi @ a.T for xi, a in zip(x, maps)])
+        logits = fused(scores, integration, bias)
+        y = int(logits.argmax())
+        gram = torch.stack([a @ a.T for a in maps])  # gradients of s_k are the rows of A_m
+        table = linear_pair_lipschitz(integration, gram)
+        joint, per_modality = exact_boundary_distances(maps, integration, logits, y)
+        labels = torch.tensor([y])
+        for m in range(2):
+            torch.testing.assert_close(unimodal_radius(logits, labels, table, m).item(), per_modality[m], rtol=1e-4, atol=1e-6)
+        assert certified_radius(logits, labels, table).item() <= joint + 1e-6
+
+
+def test_linear_pair_table_matches_norms_of_row_differences():
+    torch.manual_seed(0)
+    rows = torch.randn(2, 5, 7)
+    integration = torch.rand(2, 5) + 0.1
+    table = linear_pair_lipschitz(integration, rows @ rows.transpose(1, 2))
+    weighted = integration[:, :, None] * rows
+    expected = (weighted[:, :, None, :] - weighted[:, None, :, :]).norm(dim=-1)
+    torch.testing.assert_close(table, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_bound_equals_margin_over_lipschitz_when_rows_antiparallel():
@@ -59,16 +117,13 @@ def test_bound_equals_margin_over_lipschitz_when_rows_antiparallel():
     rows = [torch.tensor([1.0, 2.0, 2.0]), torch.tensor([0.0, 3.0, 4.0])]
     maps = [torch.stack([r, -r]) for r in rows]  # K = 2
     integration = torch.ones(2, 2)
-    bias = torch.zeros(2)
     x = [torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])]
     scores = torch.stack([xi @ a.T for xi, a in zip(x, maps)])
     tau = torch.stack([a.norm(dim=1) for a in maps])
-    label = torch.tensor([0])
-    radius = certified_radius(scores, integration, bias, tau, label).item()
-    # h_0 - h_1 = 2 (r_v . x_v + r_a . x_a); the closest boundary point is at distance margin / ||grad||
+    radius = certified_radius(fused(scores, integration, torch.zeros(2)), torch.tensor([0]), orthogonal_pair_lipschitz(integration, tau))
     margin = 2 * (rows[0] @ x[0][0] + rows[1] @ x[1][0])
     gradient_norm = 2 * torch.cat(rows).norm()
-    assert abs(radius - (margin / gradient_norm).item()) < 1e-5
+    assert abs(radius.item() - (margin / gradient_norm).item()) < 1e-5
 
 
 def test_runner_up_bound_picks_runner_up():
@@ -76,7 +131,14 @@ def test_runner_up_bound_picks_runner_up():
     scores = torch.randn(2, 5, 4)
     integration, bias, tau = torch.rand(2, 4) + 0.1, torch.randn(4), torch.rand(2, 4) + 0.1
     labels = torch.randint(0, 4, (5,))
-    logits = (integration[:, None, :] * scores).sum(0) + bias
+    logits = fused(scores, integration, bias)
     j = runner_up_class(logits, labels)
-    expected = certified_bounds(scores, integration, bias, tau, labels)[torch.arange(5), j]
+    expected = certified_bounds(logits, labels, orthogonal_pair_lipschitz(integration, tau))[torch.arange(5), j]
     torch.testing.assert_close(runner_up_bound(scores, integration, bias, tau, labels), expected)
+
+
+def test_certified_accuracy_counts_correct_samples_at_or_above_each_radius():
+    radius = torch.tensor([0.0, 0.5, 1.0, 2.0, 0.0])
+    correct = torch.tensor([True, True, True, True, False])
+    accuracy = certified_accuracy(radius, correct, torch.tensor([0.0, 0.5, 1.5, 3.0]))
+    torch.testing.assert_close(accuracy, torch.tensor([0.8, 0.6, 0.2, 0.0]))

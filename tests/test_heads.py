@@ -36,7 +36,7 @@ def test_orthogonality_holds_after_training_steps():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    for weight in head.orthogonal_weights():
+    for weight in head.modality_weights():
         torch.testing.assert_close(weight @ weight.T, torch.eye(5), atol=1e-5, rtol=0)
     assert not torch.allclose(head.integration, torch.ones_like(head.integration))
 
@@ -49,7 +49,7 @@ def test_orthogonal_fusion_formula():
         head.bias.copy_(torch.randn(4))
     features = [torch.randn(3, 9), torch.randn(3, 9)]
     output = head(features)
-    w_v, w_a = head.orthogonal_weights()
+    w_v, w_a = head.modality_weights()
     s_v, s_a = features[0] @ w_v.T, features[1] @ w_a.T
     torch.testing.assert_close(output.scores, torch.stack([s_v, s_a]))
     torch.testing.assert_close(output.logits, head.integration[0] * s_v + head.integration[1] * s_a + head.bias)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from crmt.lipschitz import score_gradient_norms
-from crmt.models.encoders import AudioEncoder, VisualEncoder
+from crmt.models.encoders import FrameEncoder, SpectrogramEncoder
+from crmt.robustness.lipschitz import score_gradient_gram, score_gradient_norms
 from crmt.models.heads import orthonormal_rows
 
 
@@ -31,7 +31,7 @@ def trained_bn_encoder(encoder, shape):
 
 @pytest.mark.parametrize("method", ["loop", "batched"])
 @pytest.mark.parametrize(
-    "encoder_cls, shape", [(AudioEncoder, (3, 1, 32, 24)), (VisualEncoder, (3, 3, 2, 24, 24))]
+    "encoder_cls, shape", [(SpectrogramEncoder, (3, 1, 32, 24)), (FrameEncoder, (3, 3, 2, 24, 24))]
 )
 def test_estimator_equals_naive_loop(method, encoder_cls, shape):
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def test_estimator_equals_naive_loop(method, encoder_cls, shape):
 
 def test_estimator_leaves_parameter_gradients_untouched():
     torch.manual_seed(0)
-    encoder = trained_bn_encoder(AudioEncoder(1, width=4), (2, 1, 16, 16))
+    encoder = trained_bn_encoder(SpectrogramEncoder(1, width=4), (2, 1, 16, 16))
     weight = orthonormal_rows(torch.randn(3, encoder.out_dim)).detach()
     score_gradient_norms(lambda x: encoder(x) @ weight.T, torch.randn(2, 1, 16, 16), "loop")
     assert all(p.grad is None for p in encoder.parameters())

@@ -9,7 +9,8 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from crmt.certify import runner_up_bound
+from helpers import TensorAVDataModule
+from crmt.robustness.certify import runner_up_bound
 from crmt.strategies import crmt as crmt_strategy
 from crmt.strategies import CRMTJointTraining, JointTraining
 
@@ -17,6 +18,7 @@ from crmt.strategies import CRMTJointTraining, JointTraining
 def make_model(num_classes: int = 3, step1_epochs: int = 2, step2_epochs: int = 2) -> CRMTJointTraining:
     return CRMTJointTraining(
         num_classes=num_classes,
+        input_shapes=TensorAVDataModule.input_shapes,
         encoder_width=4,
         step1_epochs=step1_epochs,
         step2_epochs=step2_epochs,
@@ -134,7 +136,9 @@ def test_validation_reports_accuracy_and_certified_radius(tmp_path, tensor_data)
 
 def test_joint_training_learns_the_tensor_task(tmp_path, tensor_data):
     seed_everything(0)
-    model = JointTraining(num_classes=3, encoder_width=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    model = JointTraining(
+        num_classes=3, input_shapes=TensorAVDataModule.input_shapes, encoder_width=4, optimizer=partial(torch.optim.Adam, lr=1e-2)
+    )
     trainer = make_trainer(10, tmp_path)
     trainer.fit(model, datamodule=tensor_data)
     assert trainer.callback_metrics["val/acc"].item() > 0.6  # chance is 1/3

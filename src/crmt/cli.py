@@ -19,10 +19,11 @@ DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "experiments" / "defaults.
 
 
 class CRMTCLI(LightningCLI):
-    """LightningCLI with the data -> model class-count link, the CRMT epoch plan and test after fit."""
+    """LightningCLI with the data -> model links (class count, input shapes), the CRMT epoch plan and test after fit."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.input_shapes", "model.init_args.input_shapes", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="run the test split after `fit` with the final weights"
         )

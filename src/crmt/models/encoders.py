@@ -1,10 +1,14 @@
-"""ResNet18 encoders: a 2D ResNet18 for the audio spectrogram and a per-frame ResNet18 for video.
+"""ResNet18 encoders: a 2D ResNet18 for spectrograms and a per-frame 2D ResNet18 for frame stacks.
 
 ``width`` is the channel count of the first stage (64 in the paper); the feature
-dimension is ``8 * width`` (512 in the paper).
+dimension is ``8 * width`` (512 in the paper). :func:`build_encoder` picks the encoder
+from the shape of one input: (C, F, T) is a spectrogram, (C, T, H, W) a stack of frames
+(RGB video, or 2-channel optical flow).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -60,7 +64,7 @@ class ResNet18Trunk(nn.Module):
         return self.stages(self.stem(x))
 
 
-class AudioEncoder(nn.Module):
+class SpectrogramEncoder(nn.Module):
     """Spectrogram encoder: (B, C, F, T_a) -> (B, 8 * width), global average pooled."""
 
     def __init__(self, in_channels: int = 1, width: int = 64) -> None:
@@ -72,7 +76,7 @@ class AudioEncoder(nn.Module):
         return self.trunk(x).mean(dim=(2, 3))
 
 
-class VisualEncoder(nn.Module):
+class FrameEncoder(nn.Module):
     """Frame encoder: (B, C, T, H, W) -> (B, 8 * width); a 2D ResNet18 per frame, pooled over time and space."""
 
     def __init__(self, in_channels: int = 3, width: int = 64) -> None:
@@ -85,3 +89,17 @@ class VisualEncoder(nn.Module):
         per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
         features = self.trunk(per_frame)
         return features.reshape(batch, frames, features.shape[1], -1).mean(dim=(1, 3))
+
+
+def build_encoder(input_shape: Sequence[int], width: int = 64) -> SpectrogramEncoder | FrameEncoder:
+    """The encoder for inputs of ``input_shape`` (one sample, no batch dimension).
+
+    (C, F, T) -> :class:`SpectrogramEncoder`; (C, T, H, W) -> :class:`FrameEncoder`.
+    """
+    if len(input_shape) == 3:
+        return SpectrogramEncoder(input_shape[0], width)
+    if len(input_shape) == 4:
+        return FrameEncoder(input_shape[0], width)
+    raise ValueError(
+        f"input shape {list(input_shape)} is neither a spectrogram (C, F, T) nor a frame stack (C, T, H, W)"
+    )

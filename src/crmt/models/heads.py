@@ -1,14 +1,17 @@
 """Fusion heads: concatenation + linear (JT) and the orthogonal framework of CRMT (method.md §2).
 
-Both take one feature tensor per modality, in the order of ``crmt.MODALITIES`` style
-lists given by the caller, and return a :class:`FusionOutput` with the fused logits and
-the per-modality scores.
+Both take one feature tensor per modality (in the model's modality order) and return a
+:class:`FusionOutput` with the fused logits and the per-modality scores. Both are linear in
+each modality's features, ``logits = sum_m A^(m) * (W^(m) phi^(m)) + b``, and expose the
+parts of that form (:meth:`modality_weights` W^(m), :meth:`integration_weights` A, ``bias``
+b), which is what certification needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -27,16 +30,30 @@ class FusionOutput:
 
 
 class ConcatFusion(nn.Module):
-    """h(x) = W [phi^(1); ...; phi^(M)] + b, i.e. sum_m W^(m) phi^(m) + b."""
+    """h(x) = W [phi^(1); ...; phi^(M)] + b, i.e. sum_m W^(m) phi^(m) + b.
+
+    Its certificate is per class pair (method.md §1, Theorem 3.3).
+    """
+
+    per_class_certificate: ClassVar[bool] = False
 
     def __init__(self, feature_dims: Sequence[int], num_classes: int) -> None:
         super().__init__()
         self.feature_dims = list(feature_dims)
         self.linear = nn.Linear(sum(self.feature_dims), num_classes)
 
+    @property
+    def bias(self) -> torch.Tensor:
+        """b: (K,)."""
+        return self.linear.bias
+
     def modality_weights(self) -> list[torch.Tensor]:
         """W^(m) for each modality, each (K, D_m)."""
         return list(torch.split(self.linear.weight, self.feature_dims, dim=1))
+
+    def integration_weights(self) -> torch.Tensor:
+        """A = 1: (M, K); the concatenation head weighs every modality's score by one."""
+        return self.linear.weight.new_ones(len(self.feature_dims), self.linear.out_features)
 
     def forward(self, features: Sequence[torch.Tensor]) -> FusionOutput:
         scores = torch.stack([f @ w.T for f, w in zip(features, self.modality_weights(), strict=True)])
@@ -60,7 +77,10 @@ class OrthogonalFusion(nn.Module):
 
     The orthonormal rows are recomputed from an unconstrained parameter in every forward
     pass, so the constraint holds after any optimiser step, not only at initialisation.
+    Its certificate uses one Lipschitz constant per class (method.md §2, Theorem 3.5).
     """
+
+    per_class_certificate: ClassVar[bool] = True
 
     def __init__(self, feature_dims: Sequence[int], num_classes: int, init_integration: float = 1.0) -> None:
         super().__init__()
@@ -75,14 +95,19 @@ class OrthogonalFusion(nn.Module):
         )
         self.integration = nn.Parameter(torch.full((len(feature_dims), num_classes), float(init_integration)))
         self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.feature_dims = list(feature_dims)
 
-    def orthogonal_weights(self) -> list[torch.Tensor]:
+    def modality_weights(self) -> list[torch.Tensor]:
         """W~^(m) for each modality, each (K, D_m) with orthonormal rows."""
         return [orthonormal_rows(raw) for raw in self.raw_weights]
 
+    def integration_weights(self) -> torch.Tensor:
+        """A = a: (M, K)."""
+        return self.integration
+
     def uni_modal_scores(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """s^(m) = W~^(m) phi^(m): (M, B, K)."""
-        return torch.stack([f @ w.T for f, w in zip(features, self.orthogonal_weights(), strict=True)])
+        return torch.stack([f @ w.T for f, w in zip(features, self.modality_weights(), strict=True)])
 
     def fuse(self, scores: torch.Tensor) -> torch.Tensor:
         """Fused logits (B, K) from uni-modal scores (M, B, K)."""

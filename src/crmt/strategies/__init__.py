@@ -1,7 +1,7 @@
 """One LightningModule per training strategy, all built on :class:`MultiModalModule`."""
 
-from crmt.strategies.base import MODALITIES, MultiModalModule
+from crmt.strategies.base import MultiModalModule
 from crmt.strategies.crmt import CRMTJointTraining
 from crmt.strategies.jt import JointTraining
 
-__all__ = ["MODALITIES", "MultiModalModule", "JointTraining", "CRMTJointTraining"]
+__all__ = ["MultiModalModule", "JointTraining", "CRMTJointTraining"]

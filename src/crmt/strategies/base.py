@@ -2,11 +2,19 @@
 
 Each strategy subclasses :class:`MultiModalModule` and supplies only what makes it
 different: its head (``build_head``) and its training step.
+
+A model is split into two stages that attacks and certification rely on:
+``encode_modality(m, x^(m)) -> phi^(m)`` (one modality alone) and ``fuse([phi^(m)]) ->
+FusionOutput``. For certifiable models (``certifiable = True``) the fusion is linear in each
+modality's features, ``logits = sum_m A^(m) * (W^(m) phi^(m)) + b`` (see
+:mod:`crmt.models.heads`).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,65 +23,95 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from crmt.models.encoders import AudioEncoder, VisualEncoder
+from crmt.models.encoders import build_encoder
 from crmt.models.heads import FusionOutput
-
-MODALITIES: tuple[str, str] = ("visual", "audio")
-"""Modality order m = (v, a) used in every (M, ...) tensor: scores, integration weights, tau."""
+from crmt.robustness.sound import encoder_lipschitz_upper_bound
 
 Batch = dict[str, torch.Tensor]
 
+PAPER_INPUT_SHAPES: dict[str, list[int]] = {"visual": [3, 3, 224, 224], "audio": [1, 128, 1024]}
+"""The paper's inputs: 3 RGB frames of 224x224 and a 128-bin fbank of 1024 frames (visual first, as in CRMT)."""
+
 
 class MultiModalModule(LightningModule):
-    """Audio-visual classifier: visual (B, 3, T, H, W) and audio (B, 1, F, T_a) -> logits (B, K).
+    """Multi-modal classifier: one input per modality -> logits (B, K).
 
     Args:
         num_classes: K (linked from the data module by the CLI).
+        input_shapes: modality name -> shape of one input without the batch dimension,
+            e.g. ``{"visual": [3, T, H, W], "audio": [1, F, T_a]}`` (linked from the data
+            module by the CLI). The order is the modality order m of every (M, ...) tensor.
         encoder_width: channels of the first ResNet18 stage (64 in the paper); features are 8x that.
-        visual_channels / audio_channels: input channels of each encoder.
         optimizer: optimiser factory for the step that trains the whole model.
         lr_scheduler: optional scheduler factory for that optimiser, stepped once per epoch.
     """
 
     factory_arguments: tuple[str, ...] = ("optimizer", "lr_scheduler")
     """Constructor arguments that are factories, kept out of the saved hyperparameters."""
+    certifiable: ClassVar[bool] = True
+    """Whether the logits are linear in each modality's features (method.md §1-§2), so radii apply."""
 
     def __init__(
         self,
         num_classes: int,
+        input_shapes: dict[str, list[int]] | None = None,
         encoder_width: int = 64,
-        visual_channels: int = 3,
-        audio_channels: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        input_shapes = {name: list(shape) for name, shape in (input_shapes or PAPER_INPUT_SHAPES).items()}
+        if len(input_shapes) < 2:
+            raise ValueError(f"input_shapes needs at least two modalities, got {list(input_shapes)}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.save_hyperparameters(ignore=list(self.factory_arguments))
+        self.hparams.input_shapes = input_shapes
         self.num_classes = num_classes
+        self.modalities: list[str] = list(input_shapes)
+        self.input_shapes = input_shapes
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.visual_encoder = VisualEncoder(visual_channels, encoder_width)
-        self.audio_encoder = AudioEncoder(audio_channels, encoder_width)
-        self.head = self.build_head([self.visual_encoder.out_dim, self.audio_encoder.out_dim], num_classes)
+        self.encoders = self.build_encoders(input_shapes, encoder_width)
+        self.head = self.build_head([encoder.out_dim for encoder in self.encoders.values()], num_classes)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
+    def build_encoders(self, input_shapes: dict[str, list[int]], width: int) -> nn.ModuleDict:
+        """One encoder per modality (a ResNet18 chosen by the input's shape); each has ``out_dim``."""
+        return nn.ModuleDict({name: build_encoder(shape, width) for name, shape in input_shapes.items()})
+
     @abstractmethod
     def build_head(self, feature_dims: list[int], num_classes: int) -> nn.Module:
-        """The fusion head; its forward maps [phi^(v), phi^(a)] to a FusionOutput."""
+        """The fusion head; its forward maps [phi^(m)] to a FusionOutput."""
 
-    @property
-    def encoders(self) -> tuple[nn.Module, nn.Module]:
-        """Encoders in MODALITIES order."""
-        return self.visual_encoder, self.audio_encoder
+    def inputs(self, batch: Batch) -> list[torch.Tensor]:
+        """The batch's inputs in modality order."""
+        missing = [name for name in self.modalities if name not in batch]
+        if missing:
+            raise KeyError(f"batch has no {missing} input; the model's modalities are {self.modalities}")
+        return [batch[name] for name in self.modalities]
 
-    @staticmethod
-    def modality_inputs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs in MODALITIES order: visual (B, 3, T, H, W), audio (B, 1, F, T_a)."""
-        return batch["visual"], batch["audio"]
+    def encode_modality(self, m: int, inputs: torch.Tensor) -> torch.Tensor:
+        """phi^(m)(x^(m)): the features of modality ``m`` alone, (B, D_m)."""
+        return self.encoders[self.modalities[m]](inputs)
 
-    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> FusionOutput:
-        return self.head([self.visual_encoder(visual), self.audio_encoder(audio)])
+    def fuse(self, features: Sequence[torch.Tensor]) -> FusionOutput:
+        """Logits and per-modality scores from the features of every modality."""
+        return self.head(features)
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> FusionOutput:
+        return self.fuse([self.encode_modality(m, x) for m, x in enumerate(inputs)])
+
+    def known_pair_lipschitz(self) -> torch.Tensor | None:
+        """A pair Lipschitz table (M, K, K) the strategy estimated itself (see
+        :mod:`crmt.robustness.certify`), or ``None``; evaluation then estimates one."""
+        return None
+
+    def encoder_lipschitz_bound(self, m: int) -> float:
+        """A sound upper bound of the l2 Lipschitz constant of ``encode_modality(m, .)``."""
+        name = self.modalities[m]
+        return encoder_lipschitz_upper_bound(self.encoders[name], self.input_shapes[name])
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
@@ -81,8 +119,16 @@ class MultiModalModule(LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
-    def _evaluate(self, batch: Batch, stage: str) -> FusionOutput:
-        output = self(*self.modality_inputs(batch))
+    def log_train(self, values: dict[str, torch.Tensor], batch: Batch, prog_bar: Sequence[str] = ("loss",)) -> None:
+        """Log ``train/<name>`` for each value, per epoch and per step."""
+        batch_size = batch["label"].shape[0]
+        for name, value in values.items():
+            self.log(f"train/{name}", value, batch_size=batch_size, prog_bar=name in prog_bar)
+
+    def _evaluate(self, batch: Batch | None, stage: str) -> FusionOutput | None:
+        if batch is None:  # every clip of the batch failed to decode and was skipped
+            return None
+        output = self(self.inputs(batch))
         labels = batch["label"]
         accuracy = self.val_accuracy if stage == "val" else self.test_accuracy
         accuracy(output.logits, labels)
@@ -95,8 +141,8 @@ class MultiModalModule(LightningModule):
     def log_extra_metrics(self, output: FusionOutput, batch: Batch, stage: str) -> None:
         """Strategy-specific evaluation metrics; none by default."""
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch | None, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch | None, batch_idx: int) -> None:
         self._evaluate(batch, "test")

@@ -20,11 +20,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from crmt.certify import certified_radius, runner_up_bound
-from crmt.lipschitz import GradientMethod, score_gradient_norms
 from crmt.losses import margin_regularizer
 from crmt.models.heads import OrthogonalFusion
-from crmt.strategies.base import MODALITIES, Batch, MultiModalModule
+from crmt.robustness.certificates import score_function
+from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
+from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms
+from crmt.robustness.modes import eval_mode
+from crmt.strategies.base import Batch, MultiModalModule
 
 STEP1, STEP2 = 1, 2
 
@@ -57,9 +59,8 @@ class CRMTJointTraining(MultiModalModule):
     def __init__(
         self,
         num_classes: int,
+        input_shapes: dict[str, list[int]] | None = None,
         encoder_width: int = 64,
-        visual_channels: int = 3,
-        audio_channels: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         rho: float = 2.0,
@@ -71,11 +72,11 @@ class CRMTJointTraining(MultiModalModule):
     ) -> None:
         if step1_epochs < 0 or step2_epochs < 0:
             raise ValueError(f"step1_epochs and step2_epochs must be >= 0, got {step1_epochs}, {step2_epochs}")
-        super().__init__(num_classes, encoder_width, visual_channels, audio_channels, optimizer, lr_scheduler)
+        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
         self.automatic_optimization = False
         self.step2_optimizer_factory = step2_optimizer
         self.register_buffer("phase", torch.tensor(STEP1))
-        self.register_buffer("tau", torch.zeros(len(MODALITIES), num_classes))
+        self.register_buffer("tau", torch.zeros(len(self.modalities), num_classes))
         self.score_cache: ScoreCache | None = None
 
     def build_head(self, feature_dims: list[int], num_classes: int) -> nn.Module:
@@ -103,7 +104,7 @@ class CRMTJointTraining(MultiModalModule):
     # ----------------------------------------------------------------- step 1
     def step1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """CE(h~(x), y) + rho * L1 on the batch; returns the loss and its parts for logging."""
-        output = self(*self.modality_inputs(batch))
+        output = self(self.inputs(batch))
         ce = F.cross_entropy(output.logits, batch["label"])
         margin = margin_regularizer(output.scores, batch["label"])
         return ce + self.hparams.rho * margin, {"ce": ce, "margin": margin}
@@ -114,10 +115,7 @@ class CRMTJointTraining(MultiModalModule):
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        batch_size = batch["label"].shape[0]
-        self.log("train/loss", loss, batch_size=batch_size, prog_bar=True)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
+        self.log_train({"loss": loss, **parts}, batch)
 
     # ----------------------------------------------------------------- switch
     def on_train_epoch_start(self) -> None:
@@ -140,26 +138,25 @@ class CRMTJointTraining(MultiModalModule):
         Returns the cache of all ranks' scores and tau~ (M, K) max-reduced across ranks
         (zeros when not estimated).
         """
-        was_training = self.training
-        self.eval()
-        weights = [w.detach() for w in self.head.orthogonal_weights()]
         tau = torch.zeros_like(self.tau)
         scores, labels, indices = [], [], []
-        for batch in self.trainer.train_dataloader:
-            batch = self._to_device(batch)
-            per_modality = []
-            for m, (encoder, inputs) in enumerate(zip(self.encoders, self.modality_inputs(batch), strict=True)):
-                score_fn = _score_function(encoder, weights[m])
-                if estimate_tau:
-                    modality_scores, norms = score_gradient_norms(score_fn, inputs, self.hparams.tau_method)
-                    tau[m] = torch.maximum(tau[m], norms.max(dim=0).values)
-                else:
-                    modality_scores = score_fn(inputs)
-                per_modality.append(modality_scores)
-            scores.append(torch.stack(per_modality, dim=1))
-            labels.append(batch["label"])
-            indices.append(batch["index"])
-        self.train(was_training)
+        with eval_mode(self):
+            score_fns = [score_function(self, m) for m in range(len(self.modalities))]
+            for batch in self.trainer.train_dataloader:
+                if batch is None:
+                    continue
+                batch = self._to_device(batch)
+                per_modality = []
+                for m, (score_fn, inputs) in enumerate(zip(score_fns, self.inputs(batch), strict=True)):
+                    if estimate_tau:
+                        modality_scores, norms = score_gradient_norms(score_fn, inputs, self.hparams.tau_method)
+                        tau[m] = torch.maximum(tau[m], norms.max(dim=0).values)
+                    else:
+                        modality_scores = score_fn(inputs)
+                    per_modality.append(modality_scores)
+                scores.append(torch.stack(per_modality, dim=1))
+                labels.append(batch["label"])
+                indices.append(batch["index"])
         tau = self.trainer.strategy.reduce(tau, reduce_op="max") if self.trainer.world_size > 1 else tau
         cache = _build_cache(
             self._gather_rows(torch.cat(scores)), self._gather_rows(torch.cat(labels)), self._gather_rows(torch.cat(indices))
@@ -214,20 +211,18 @@ class CRMTJointTraining(MultiModalModule):
         if scheduler is not None and not self.in_step2:
             scheduler.step()
 
-    def log_extra_metrics(self, output, batch: Batch, stage: str) -> None:
+    def known_pair_lipschitz(self) -> torch.Tensor | None:
+        """The pair Lipschitz table (M, K, K) from tau~ of the phase switch; ``None`` before step 2."""
         if not self.in_step2:
+            return None
+        return orthogonal_pair_lipschitz(self.head.integration.detach(), self.tau)
+
+    def log_extra_metrics(self, output, batch: Batch, stage: str) -> None:
+        pair_lipschitz = self.known_pair_lipschitz()
+        if pair_lipschitz is None:
             return
-        radius = certified_radius(output.scores, self.head.integration, self.head.bias, self.tau, batch["label"])
+        radius = certified_radius(output.logits, batch["label"], pair_lipschitz)
         self.log(f"{stage}/certified_radius", radius.mean(), batch_size=radius.shape[0], sync_dist=True)
-
-
-def _score_function(encoder: nn.Module, weight: torch.Tensor):
-    """x^(m) (B, ...) -> s^(m) (B, K) = W~^(m) phi^(m)(x^(m))."""
-
-    def score(inputs: torch.Tensor) -> torch.Tensor:
-        return encoder(inputs) @ weight.T
-
-    return score
 
 
 def _build_cache(scores: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> ScoreCache:

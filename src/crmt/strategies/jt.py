@@ -16,7 +16,7 @@ class JointTraining(MultiModalModule):
         return ConcatFusion(feature_dims, num_classes)
 
     def training_step(self, batch: Batch, batch_idx: int):
-        output = self(*self.modality_inputs(batch))
+        output = self(self.inputs(batch))
         loss = F.cross_entropy(output.logits, batch["label"])
-        self.log("train/loss", loss, batch_size=batch["label"].shape[0], prog_bar=True)
+        self.log_train({"loss": loss}, batch)
         return loss

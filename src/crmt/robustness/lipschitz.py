@@ -1,4 +1,4 @@
-"""Per-class Lipschitz estimates tau~_k^(m) of the uni-modal scores (method.md §4).
+"""Empirical Lipschitz estimates of the uni-modal scores (method.md §4).
 
 tau~_k^(m) is estimated, as in the paper, by the largest input-gradient norm
 ||grad_{x^(m)} s_k^(m)(x)||_2 seen over a data set. The estimate is a lower bound of the
@@ -49,3 +49,25 @@ def score_gradient_norms(
         else:
             raise ValueError(f"unknown tau estimation method {method!r}; expected 'loop' or 'batched'")
     return scores.detach(), norm_matrix.detach()
+
+
+def score_gradient_gram(
+    score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and the per-sample Gram matrix of the class-score input gradients of one modality.
+
+    Returns (scores (B, K) detached, gram (B, K, K)) with gram[i, k, l] = <g_k(x_i), g_l(x_i)>,
+    g_k(x) = d s_k(x) / dx. The norm of any combination sum_k c_k g_k follows from it, e.g. the
+    gradient norm of a class-pair margin (JT's eta, method.md §1). One forward and K input-only
+    backward passes; the K gradients of the batch are held at once (B * K * input size floats).
+    """
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = score_fn(x)
+        num_classes = scores.shape[1]
+        gradients = []
+        for k in range(num_classes):
+            (grad,) = torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k + 1 < num_classes)
+            gradients.append(grad.flatten(1))
+    stacked = torch.stack(gradients, dim=1)
+    return scores.detach(), (stacked @ stacked.transpose(1, 2)).detach()

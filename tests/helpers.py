@@ -1,0 +1,54 @@
+"""Test helpers: a small in-memory audio-visual data module with the clip data modules' batch layout."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+
+class TensorAVDataset(Dataset):
+    """Class-dependent (the same class means in every split) Gaussian visual (3, T, H, W) and audio (1, F, T_a) tensors, with dataset indices."""
+
+    def __init__(self, size: int, num_classes: int, seed: int) -> None:
+        class_generator = torch.Generator().manual_seed(0)
+        visual_means = torch.randn(num_classes, 3, 1, 1, 1, generator=class_generator)
+        audio_means = torch.randn(num_classes, 1, 12, 1, generator=class_generator)
+        generator = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(size) % num_classes
+        self.visual = visual_means[self.labels] + torch.randn(size, 3, 2, 16, 16, generator=generator)
+        self.audio = audio_means[self.labels] + torch.randn(size, 1, 12, 16, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {
+            "visual": self.visual[index],
+            "audio": self.audio[index],
+            "label": self.labels[index],
+            "index": torch.tensor(index),
+        }
+
+
+class TensorAVDataModule(LightningDataModule):
+    """In-memory stand-in for a clip data module (same batch layout), for mechanism tests."""
+
+    input_shapes = {"visual": [3, 2, 16, 16], "audio": [1, 12, 16]}
+
+    def __init__(self, num_classes: int = 3, train_size: int = 24, val_size: int = 12, batch_size: int = 8) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.train_set = TensorAVDataset(train_size, num_classes, seed=1)
+        self.val_set = TensorAVDataset(val_size, num_classes, seed=2)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
