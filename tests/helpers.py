@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -52,3 +52,20 @@ class TensorAVDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+
+
+def fit_tiny(model: LightningModule, data: TensorAVDataModule, epochs: int, **trainer_kwargs) -> LightningModule:
+    """Train ``model`` on ``data`` on the CPU with no logger, progress bar or checkpoints; returns it in eval mode."""
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
+    trainer.fit(model, datamodule=data)
+    return model.eval()

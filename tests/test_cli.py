@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,6 +94,26 @@ def wandb_run_dir(save_dir: Path) -> Path:
     return runs[0]
 
 
+ROBUSTNESS_SCALARS = ("robust/acc_pgd", "robust/acc_pgd_audio", "robust/radius_mean", "robust/eta_log_ratio_mean",
+                      "report/acc_pgd", "report/acc_missing_visual", "report/audit_violation_rate")
+
+
+def assert_wandb_holds_robustness_output(run_dir: Path) -> None:
+    """The callbacks' scalars are in the run file and their images, tables and histograms among its media."""
+    records = next(run_dir.glob("run-*.wandb")).read_bytes()
+    for metric in (*ROBUSTNESS_SCALARS, "robust/radius_hist", "report/radius_audio_hist"):
+        assert metric.encode() in records, f"{metric} not in the W&B run file {run_dir}"
+    media = run_dir / "files" / "media"
+    for image in ("robust/eta_ratio_heatmap", "report/accuracy_vs_radius", "report/eta_ratio_heatmap", "report/certified_accuracy"):
+        assert list(media.glob(f"images/{image}_*.png")), f"no {image} image in {media}"
+    assert list(media.glob("table/report/accuracy_*.table.json")), f"no report table in {media}"
+
+
+def assert_report_files(folder: Path) -> None:
+    for name in ("report.md", "metrics.json", "accuracy_vs_radius.png", "eta_ratio_heatmap.png", "certified_accuracy.png"):
+        assert (folder / name).is_file(), f"{name} missing in {folder}"
+
+
 def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
     """A real `python -m crmt fit`: MP4 generation, decoding, step 1, the switch, step 2, test, W&B files."""
     output = run_cli(["fit", "--config", "experiments/crmt_jt.yaml", *tiny_run_args(tmp_path)], cwd=REPO)
@@ -100,9 +121,16 @@ def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
     assert "test/acc" in output
 
     run_dir = wandb_run_dir(tmp_path / "runs")
+    assert_wandb_holds_robustness_output(run_dir)
     records = next(run_dir.glob("run-*.wandb")).read_bytes()
     for metric in ("train/loss", "train/margin", "train/step2_bound", "train/phase", "val/acc", "val/certified_radius", "test/acc"):
         assert metric.encode() in records, f"{metric} not in the W&B run file {run_dir}"
+    report = tmp_path / "runs" / "crmt" / run_dir.name.split("-")[-1] / "report"
+    assert_report_files(report)
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["name"] == "crmt_jt" and 0 <= metrics["accuracy"]["pgd"] <= metrics["accuracy"]["clean"] <= 1
+    assert "| crmt_jt |" in (report / "report.md").read_text()
+    assert "# Robustness report: crmt_jt" in output, "the report is printed at the end of the run"
 
     checkpoints = list((tmp_path / "runs").rglob("last.ckpt"))
     assert len(checkpoints) == 1, checkpoints
@@ -118,6 +146,8 @@ def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
         )
         assert int(cli.model.phase) == 2 and torch.equal(cli.model.tau, state["tau"])
         assert cli.trainer.callback_metrics[f"{stage}/certified_radius"].item() > 0
+    # the `test` subcommand on a checkpoint (what `make eval` runs) wrote the report into the run folder
+    assert_report_files(tmp_path / "runs" / "report")
 
 
 def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
@@ -135,7 +165,6 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
             "--trainer.accelerator=cpu",
             "--trainer.strategy=ddp",
             "--trainer.devices=2",
-            "--test_after_fit=false",
         ],
         cwd=REPO,
         env={**os.environ, "WANDB_MODE": "offline", "CRMT_STATE_DIR": str(state_dir)},
@@ -151,3 +180,4 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
     assert torch.equal(rank0["integration"], rank1["integration"])
     assert not torch.allclose(rank0["integration"], torch.ones_like(rank0["integration"]))
     assert rank0["cached_samples"] == rank1["cached_samples"] == rank0["train_samples"]
+    assert_wandb_holds_robustness_output(wandb_run_dir(tmp_path / "runs"))

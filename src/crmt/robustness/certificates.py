@@ -52,7 +52,8 @@ class LipschitzEstimator:
         self.per_class = bool(getattr(model.head, "per_class_certificate", False))
         num_modalities, num_classes = len(model.modalities), model.num_classes
         shape = (num_modalities, num_classes) if self.per_class else (num_modalities, num_classes, num_classes)
-        self.raw = torch.zeros(shape, device=model.device)
+        with torch.inference_mode(False):  # updated in place later, also from Lightning's eval loops
+            self.raw = torch.zeros(shape, device=model.device)
         self.samples = 0
 
     def update(self, inputs: Sequence[torch.Tensor]) -> None:

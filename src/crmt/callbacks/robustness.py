@@ -1,0 +1,199 @@
+"""Lightning callbacks that evaluate robustness: a periodic monitor during validation and the end-of-run report.
+
+Both run :class:`~crmt.robustness.evaluation.RobustnessEvaluator` on every rank, gather the
+per-sample records of all ranks (collectives on every rank), and log from rank zero only.
+Images, histograms and tables go to Weights & Biases when the trainer's logger is a
+``WandbLogger``; scalars go through ``LightningModule.log`` (monitor) or the logger (report).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from crmt.robustness.attacks import pixel_ranges_for
+from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessResults, RobustnessSettings
+from crmt.robustness.figures import plot_eta_ratio_heatmap
+from crmt.robustness.report import ReportFiles, attack_columns, write_report
+
+
+def run_folder(trainer: Trainer) -> Path:
+    """The run's own folder: ``<save_dir>/<name>/<version>`` of the logger (where checkpoints go), else the root dir."""
+    logger = trainer.logger
+    if logger is not None and logger.save_dir is not None:
+        return Path(logger.save_dir) / str(logger.name) / str(logger.version)
+    return Path(trainer.default_root_dir)
+
+
+def _evaluator(trainer: Trainer, pl_module: LightningModule, settings: RobustnessSettings) -> RobustnessEvaluator:
+    normalization = getattr(trainer.datamodule, "pixel_normalization", None) if trainer.datamodule else None
+    return RobustnessEvaluator(pl_module, settings, pixel_ranges_for(pl_module.modalities, normalization))
+
+
+def _finalize(evaluator: RobustnessEvaluator, trainer: Trainer, pl_module: LightningModule) -> RobustnessResults:
+    distributed = trainer.world_size > 1
+    return evaluator.finalize(
+        all_gather=pl_module.all_gather if distributed else None,
+        reduce_max=(lambda t: trainer.strategy.reduce(t, reduce_op="max")) if distributed else None,
+    )
+
+
+def scalar_metrics(results: RobustnessResults, prefix: str) -> dict[str, float]:
+    """Flat scalars of an evaluation: attack accuracies, radius mean/median, eta log-ratio, audit rate."""
+    metrics = results.metrics()
+    scalars = {f"{prefix}/acc_{key}": value for key, value in metrics["accuracy"].items()}
+    for section, name in (("certified", "radius"), ("certified_sound", "sound_radius")):
+        certified = metrics.get(section, {})
+        for key in ("multimodal", *results.modalities):
+            if key in certified:
+                suffix = "" if key == "multimodal" else f"_{key}"
+                scalars[f"{prefix}/{name}_mean{suffix}"] = certified[key]["mean"]
+                scalars[f"{prefix}/{name}_median{suffix}"] = certified[key]["median"]
+    if metrics.get("eta_ratio", {}).get("mean_log_ratio") is not None:
+        scalars[f"{prefix}/eta_log_ratio_mean"] = metrics["eta_ratio"]["mean_log_ratio"]
+    if metrics.get("audit", {}).get("eligible"):
+        scalars[f"{prefix}/audit_violation_rate"] = metrics["audit"]["violation_rate"]
+    return scalars
+
+
+def _log_media(trainer: Trainer, results: RobustnessResults, prefix: str, images: dict[str, Path]) -> None:
+    """Images, radius histograms and the accuracy table to W&B (rank zero, WandbLogger only)."""
+    logger = trainer.logger
+    if not isinstance(logger, WandbLogger) or not trainer.is_global_zero:
+        return
+    import wandb
+
+    for key, path in images.items():
+        logger.log_image(key=f"{prefix}/{key}", images=[str(path)], step=trainer.global_step)
+    histograms = {
+        f"{prefix}/{key}_hist": wandb.Histogram(results.records[key].float().cpu().numpy())
+        for key in ("radius", *(f"radius_{m}" for m in results.modalities))
+        if key in results.records
+    }
+    if histograms:
+        logger.experiment.log({**histograms, "trainer/global_step": trainer.global_step})
+    columns = attack_columns(results.modalities)
+    logger.log_table(
+        key=f"{prefix}/accuracy",
+        columns=["epoch", *(title for _, title in columns)],
+        data=[[trainer.current_epoch, *(results.accuracy(key) for key, _ in columns)]],
+        step=trainer.global_step,
+    )
+
+
+class RobustnessMonitor(Callback):
+    """Every ``every_n_epochs`` validation epochs, attacks and certifies the first ``num_samples``
+    validation samples of each rank and logs, under ``robust/``: attack accuracies, certified
+    radius mean/median (multi-modal and per modality) with histograms, and the eta ratio
+    ``eta^(m0)/eta^(m1)`` per class pair as a K x K heatmap plus its mean log-ratio.
+
+    Args:
+        every_n_epochs: evaluate after validation epochs ``n - 1, 2n - 1, ...``.
+        num_samples: validation samples per rank to evaluate.
+        settings: attacks and certificates; by default the paper's budgets, no curves, no audit,
+            no sound bound (kept cheap for a per-epoch check).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_samples: int = 64,
+        settings: RobustnessSettings = RobustnessSettings(curve_radii=(), audit_samples=0, sound_certificate=False),
+    ) -> None:
+        if every_n_epochs < 1 or num_samples < 1:
+            raise ValueError(f"every_n_epochs and num_samples must be >= 1, got {every_n_epochs} and {num_samples}")
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+        self.settings = settings
+        self.stored: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+        self.results: RobustnessResults | None = None
+
+    def _active(self, trainer: Trainer) -> bool:
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stored = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        room = self.num_samples - sum(int(labels.shape[0]) for _, labels in self.stored)
+        if batch is None or room <= 0 or not self._active(trainer):
+            return
+        with torch.inference_mode(False):
+            inputs = [x[:room].detach().clone() for x in pl_module.inputs(batch)]
+            self.stored.append((inputs, batch["label"][:room].detach().clone()))
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        evaluator = _evaluator(trainer, pl_module, self.settings)
+        for inputs, labels in self.stored:
+            evaluator.update(inputs, labels)
+        self.stored = []
+        self.results = results = _finalize(evaluator, trainer, pl_module)
+        for name, value in scalar_metrics(results, "robust").items():
+            pl_module.log(name, value, rank_zero_only=True)
+        images = {}
+        ratio = results.eta_ratio()
+        if ratio is not None and trainer.is_global_zero and isinstance(trainer.logger, WandbLogger):
+            pair = f"{results.modalities[0]}/{results.modalities[1]}"
+            folder = run_folder(trainer) / "monitor"
+            images["eta_ratio_heatmap"] = plot_eta_ratio_heatmap(
+                ratio.cpu().numpy(), pair, folder / f"eta_ratio_epoch{trainer.current_epoch}.png"
+            )
+        _log_media(trainer, results, "robust", images)
+
+
+class RobustnessReport(Callback):
+    """After ``test``: the full robustness report of the test split (the paper's Table 2 layout,
+    accuracy-vs-radius curves, eta heatmap, certified accuracy, radius audit) written to
+    ``<run folder>/report/`` (or ``output_dir``), printed, and logged to W&B under ``report/``.
+
+    Args:
+        settings: attacks and certificates (the paper's protocol by default).
+        output_dir: where to write; default the run folder of the logger.
+        name: the method's name in the table; default the logger's run name, else the model class.
+    """
+
+    def __init__(
+        self,
+        settings: RobustnessSettings = RobustnessSettings(),
+        output_dir: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.output_dir = output_dir
+        self.name = name
+        self.evaluator: RobustnessEvaluator | None = None
+        self.results: RobustnessResults | None = None
+        self.files: ReportFiles | None = None
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.evaluator = _evaluator(trainer, pl_module, self.settings)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch is not None:
+            self.evaluator.update(pl_module.inputs(batch), batch["label"])
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.results = results = _finalize(self.evaluator, trainer, pl_module)
+        self.evaluator = None
+        if not trainer.is_global_zero:
+            return
+        name = self.name or _run_name(trainer, pl_module)
+        folder = Path(self.output_dir) if self.output_dir else run_folder(trainer) / "report"
+        self.files = files = write_report(results, folder, name)
+        rank_zero_info(files.markdown.read_text(encoding="utf-8") + f"\nReport files: {folder}")
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(scalar_metrics(results, "report"), step=trainer.global_step)
+        _log_media(trainer, results, "report", files.images())
+
+
+def _run_name(trainer: Trainer, pl_module: LightningModule) -> str:
+    logger = trainer.logger
+    name = getattr(getattr(logger, "experiment", None), "name", None) if isinstance(logger, WandbLogger) else None
+    return str(name) if name else type(pl_module).__name__
+

@@ -1,0 +1,314 @@
+"""Every attack and certificate of the paper's protocol over a data set, as per-sample records.
+
+:class:`RobustnessEvaluator` is fed batches (``update``) and then ``finalize``-d into
+:class:`RobustnessResults`; both callbacks (the periodic monitor and the end-of-run report)
+use it. Per batch it computes the clean logits and the loss gradient of every input once,
+and reuses them: they give the clean accuracy, every FGM (multi-modal and uni-modal: a
+modality's FGM direction is its part of the joint gradient) and the first step of every PGD
+without random start. Uni-modal attacks run only the attacked encoder; the other modalities'
+features are computed once.
+
+Records (per sample): ``label``, ``logits`` (K,), and one bool per attack, True where the
+attacked sample is still classified correctly: ``clean``, ``fgm``, ``pgd`` (multi-modal),
+``fgm_<m>``, ``pgd_<m>`` (uni-modal on modality <m>), ``missing_<m>``, and the accuracy
+curves ``curve_multimodal`` / ``curve_<m>`` (R,) over ``curve_radii``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from crmt.distributed import AllGather, gather_rows
+from crmt.robustness.attacks import (
+    FGM,
+    L2PGD,
+    PartialModel,
+    PixelRanges,
+    clean_logits,
+    loss_gradients,
+    missing_modality,
+)
+from crmt.robustness.audit import audit_radii
+from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
+from crmt.robustness.certify import certified_accuracy, certified_radius, unimodal_radius
+from crmt.robustness.modes import eval_mode
+
+ReduceMax = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """What to evaluate; defaults follow the paper's protocol (method.md §5, baselines.md §10).
+
+    Attributes:
+        multimodal_eps: joint l2 budget of the multi-modal FGM and PGD (0.5).
+        unimodal_eps: l2 budget of the uni-modal FGM and PGD (1.0).
+        steps / step_fraction / random_start: PGD settings (4 steps of eps / 3, no random start).
+        missing_fill: value of a missing modality's normalised input (0: the data mean).
+        curve_radii: budgets of the accuracy-vs-radius curves (PGD; multi-modal and per modality).
+        certify: compute estimated certified radii (needs a certifiable model).
+        sound_certificate: also compute radii from sound Lipschitz upper bounds.
+        audit_samples: how many samples (per rank) the radius audit attacks; 0 turns it off.
+        audit_steps / audit_fraction: PGD steps and budget (fraction of the radius) of the audit.
+        audit_sound: audit the sound radii too (they must show no violation).
+        radius_grid: radii at which certified accuracy is reported.
+        seed: seeds random starts.
+    """
+
+    multimodal_eps: float = 0.5
+    unimodal_eps: float = 1.0
+    steps: int = 4
+    step_fraction: float = 1 / 3
+    random_start: bool = False
+    missing_fill: float = 0.0
+    curve_radii: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    certify: bool = True
+    sound_certificate: bool = True
+    audit_samples: int = 256
+    audit_steps: int = 10
+    audit_fraction: float = 0.99
+    audit_sound: bool = False
+    radius_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("multimodal_eps", "unimodal_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.steps < 1 or self.audit_steps < 1:
+            raise ValueError(f"steps and audit_steps must be >= 1, got {self.steps} and {self.audit_steps}")
+        if any(r <= 0 for r in self.curve_radii):
+            raise ValueError(f"curve_radii must be > 0, got {self.curve_radii}")
+        if self.audit_samples < 0:
+            raise ValueError(f"audit_samples must be >= 0, got {self.audit_samples}")
+
+    def pgd(self, eps: float, modalities: Sequence[int] | None = None) -> L2PGD:
+        return L2PGD(eps, self.steps, self.step_fraction, self.random_start, modalities)
+
+
+def evaluate_batch(
+    model,
+    inputs: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    settings: RobustnessSettings,
+    pixel_ranges: PixelRanges | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The per-sample records of one batch (see the module docstring)."""
+    logits, gradients = loss_gradients(model, inputs, labels)
+    with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
+        inputs = [x.clone() for x in inputs]
+        labels = labels.clone()
+        features = [model.encode_modality(m, x) for m, x in enumerate(inputs)]
+
+    def still_correct(adversarial: list[torch.Tensor], attacked: Sequence[int]) -> torch.Tensor:
+        with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
+            partial = PartialModel(model, adversarial, attacked, features)
+            return partial.logits([adversarial[m] for m in attacked]).argmax(dim=1) == labels
+
+    def run(attack: L2PGD, attacked: Sequence[int]) -> torch.Tensor:
+        clean_gradients = [gradients[m] for m in attacked]
+        adversarial = attack(model, inputs, labels, pixel_ranges, clean_gradients=clean_gradients, generator=generator)
+        return still_correct(adversarial, attacked)
+
+    everything = list(range(len(inputs)))
+    records = {"label": labels, "logits": logits, "clean": logits.argmax(dim=1) == labels}
+    records["fgm"] = run(FGM(settings.multimodal_eps), everything)
+    records["pgd"] = run(settings.pgd(settings.multimodal_eps), everything)
+    records["curve_multimodal"] = _curve(settings, settings.multimodal_eps, records["pgd"], lambda r: run(settings.pgd(r), everything))
+    for m, name in enumerate(model.modalities):
+        records[f"fgm_{name}"] = run(FGM(settings.unimodal_eps, [m]), [m])
+        records[f"pgd_{name}"] = run(settings.pgd(settings.unimodal_eps, [m]), [m])
+        records[f"missing_{name}"] = still_correct(missing_modality(inputs, m, settings.missing_fill), [m])
+        records[f"curve_{name}"] = _curve(
+            settings, settings.unimodal_eps, records[f"pgd_{name}"], lambda r, m=m: run(settings.pgd(r, [m]), [m])
+        )
+    return records
+
+
+def _curve(
+    settings: RobustnessSettings, table_eps: float, table_result: torch.Tensor, attack: Callable[[float], torch.Tensor]
+) -> torch.Tensor:
+    """(B, R) correctness over ``curve_radii``, reusing the table's attack at its own budget."""
+    columns = [table_result if abs(r - table_eps) < 1e-12 else attack(r) for r in settings.curve_radii]
+    return torch.stack(columns, dim=1) if columns else table_result.new_zeros((table_result.shape[0], 0))
+
+
+@dataclass
+class RobustnessResults:
+    """Gathered per-sample records, the certificates and the audit of one evaluation."""
+
+    modalities: list[str]
+    settings: RobustnessSettings
+    records: dict[str, torch.Tensor]
+    pair_lipschitz: torch.Tensor | None = None
+    lipschitz_source: str = "not certified"
+    sound_pair_lipschitz: torch.Tensor | None = None
+    sound_note: str = ""
+    audit: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return int(self.records["label"].shape[0])
+
+    def accuracy(self, key: str) -> float:
+        return self.records[key].float().mean().item() if self.samples else float("nan")
+
+    def attack_keys(self) -> list[str]:
+        """The Table-2 columns in order: clean, multi-modal FGM/PGD, uni-modal FGM/PGD, missing."""
+        keys = ["clean", "fgm", "pgd"]
+        keys += [f"{attack}_{name}" for name in self.modalities for attack in ("fgm", "pgd")]
+        keys += [f"missing_{name}" for name in self.modalities]
+        return keys
+
+    def curves(self) -> dict[str, list[float]]:
+        """Accuracy at radius 0 (clean) and at each curve radius: 'multimodal' and per modality."""
+        clean = self.accuracy("clean")
+        return {
+            key: [clean, *self.records[f"curve_{key}"].float().mean(dim=0).tolist()]
+            for key in ("multimodal", *self.modalities)
+        }
+
+    def eta_ratio(self) -> torch.Tensor | None:
+        """eta^(m0) / eta^(m1) per class pair (K, K), NaN on the diagonal (method.md §1, Figure 3)."""
+        if self.pair_lipschitz is None:
+            return None
+        ratio = self.pair_lipschitz[0] / self.pair_lipschitz[1].clamp_min(1e-12)
+        return ratio.fill_diagonal_(float("nan"))
+
+    def metrics(self) -> dict:
+        """Every number of the evaluation, JSON-ready."""
+        metrics: dict = {
+            "samples": self.samples,
+            "modalities": self.modalities,
+            "settings": asdict(self.settings),
+            "accuracy": {key: self.accuracy(key) for key in self.attack_keys()},
+            "curves": {"radii": [0.0, *self.settings.curve_radii], **self.curves()},
+        }
+        if "radius" in self.records:
+            metrics["certified"] = self._certificate_metrics("radius", self.lipschitz_source)
+            ratio = self.eta_ratio()
+            off_diagonal = ratio[~torch.isnan(ratio)]
+            metrics["eta_ratio"] = {
+                "pair": f"{self.modalities[0]}/{self.modalities[1]}",
+                "matrix": [[None if v != v else v for v in row] for row in ratio.tolist()],
+                "mean_log_ratio": off_diagonal.clamp_min(1e-12).log().mean().item() if off_diagonal.numel() else None,
+            }
+            metrics["audit"] = dict(self.audit)
+        if "sound_radius" in self.records:
+            metrics["certified_sound"] = self._certificate_metrics("sound_radius", "sound upper bound")
+        elif self.sound_note:
+            metrics["certified_sound"] = {"note": self.sound_note}
+        return metrics
+
+    def _certificate_metrics(self, prefix: str, source: str) -> dict:
+        correct = self.records["clean"]
+        grid = torch.tensor(self.settings.radius_grid)
+        result: dict = {"lipschitz": source, "radius_grid": list(self.settings.radius_grid)}
+        for key, suffix in [("multimodal", ""), *[(name, f"_{name}") for name in self.modalities]]:
+            radius = self.records[f"{prefix}{suffix}"].float()
+            result[key] = {
+                "mean": radius.mean().item(),
+                "median": radius.median().item(),
+                "certified_accuracy": certified_accuracy(radius.cpu(), correct.cpu(), grid).tolist(),
+            }
+        return result
+
+
+class RobustnessEvaluator:
+    """Accumulates :func:`evaluate_batch` records and Lipschitz estimates; ``finalize`` certifies and audits.
+
+    The pair Lipschitz table comes from the model when it has one (CRMT after its phase switch:
+    tau~ over the training set, as in the paper) and is otherwise estimated over the evaluated
+    samples themselves.
+    """
+
+    def __init__(self, model, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None) -> None:
+        self.model = model
+        self.settings = settings
+        self.pixel_ranges = pixel_ranges
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.chunks: dict[str, list[torch.Tensor]] = {}
+        self.audit_inputs: list[list[torch.Tensor]] = []
+        self.audit_labels: list[torch.Tensor] = []
+        self.estimator: LipschitzEstimator | None = None
+        self.certifying = settings.certify and getattr(model, "certifiable", False)
+        if self.certifying and model.known_pair_lipschitz() is None:
+            self.estimator = LipschitzEstimator(model)
+
+    @property
+    def audit_count(self) -> int:
+        return sum(int(labels.shape[0]) for labels in self.audit_labels)
+
+    def update(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
+        """Evaluate one batch (inputs in the model's modality order, labels (B,))."""
+        for key, value in evaluate_batch(self.model, inputs, labels, self.settings, self.pixel_ranges, self.generator).items():
+            self.chunks.setdefault(key, []).append(value.detach())
+        if self.estimator is not None:
+            self.estimator.update(inputs)
+        room = self.settings.audit_samples - self.audit_count
+        if self.certifying and room > 0:
+            with torch.inference_mode(False):
+                self.audit_inputs.append([x[:room].detach().clone() for x in inputs])
+                self.audit_labels.append(labels[:room].detach().clone())
+
+    def finalize(self, all_gather: AllGather | None = None, reduce_max: ReduceMax | None = None) -> RobustnessResults:
+        """Gather every rank's records, certify and audit. Every rank must call it (collectives)."""
+        records = {key: gather_rows(all_gather, torch.cat(values)) for key, values in self.chunks.items()}
+        results = RobustnessResults(list(self.model.modalities), self.settings, records)
+        if not self.certifying:
+            results.sound_note = "the model is not certifiable" if self.settings.certify else ""
+            return results
+        known = self.model.known_pair_lipschitz()
+        if known is not None:
+            results.pair_lipschitz, results.lipschitz_source = known, "estimated (the model's tau~ from the training set)"
+        else:
+            results.pair_lipschitz = self.estimator.pair_lipschitz(reduce_max)
+            results.lipschitz_source = "estimated (max input-gradient norms over the evaluated samples)"
+        self._add_radii(results, "radius", results.pair_lipschitz)
+        results.audit = self._audit(results.pair_lipschitz, all_gather)
+        if self.settings.sound_certificate:
+            try:
+                results.sound_pair_lipschitz = sound_pair_lipschitz(self.model)
+            except NotImplementedError as error:
+                results.sound_note = f"no sound bound: {error}"
+            else:
+                self._add_radii(results, "sound_radius", results.sound_pair_lipschitz)
+                if self.settings.audit_sound:
+                    sound_audit = self._audit(results.sound_pair_lipschitz, all_gather)
+                    results.audit.update({f"sound_{key}": value for key, value in sound_audit.items()})
+        return results
+
+    @staticmethod
+    def _add_radii(results: RobustnessResults, prefix: str, table: torch.Tensor) -> None:
+        logits, labels = results.records["logits"], results.records["label"]
+        table = table.to(logits.device)
+        results.records[prefix] = certified_radius(logits, labels, table)
+        for m, name in enumerate(results.modalities):
+            results.records[f"{prefix}_{name}"] = unimodal_radius(logits, labels, table, m)
+
+    def _audit(self, table: torch.Tensor, all_gather: AllGather | None) -> dict[str, int]:
+        """Attack this rank's stored samples just inside their radii; counts summed over ranks."""
+        eligible_count = violated_count = 0
+        for inputs, labels in zip(self.audit_inputs, self.audit_labels, strict=True):
+            logits = clean_logits(self.model, inputs)
+            radius = certified_radius(logits, labels, table.to(logits.device))
+            eligible, violated = audit_radii(
+                self.model, inputs, labels, radius, self.pixel_ranges,
+                steps=self.settings.audit_steps, fraction=self.settings.audit_fraction, generator=self.generator,
+            )
+            eligible_count += int(eligible.sum())
+            violated_count += int(violated.sum())
+        counts = torch.tensor([eligible_count, violated_count, self.audit_count])
+        if all_gather is not None:
+            counts = all_gather(counts.to(self.model.device)).reshape(-1, 3).sum(dim=0).cpu()
+        eligible_total, violated_total, attacked = (int(c) for c in counts)
+        return {
+            "attacked": attacked,
+            "eligible": eligible_total,
+            "violations": violated_total,
+            "violation_rate": violated_total / eligible_total if eligible_total else 0.0,
+        }
