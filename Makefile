@@ -4,15 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXP ?= crmt_jt
+CKPT ?=
 ARGS ?=
 PYTEST_ARGS ?=
+DATA ?= ks
+ROOT ?=
+WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train validate test test-full bench clean
+.PHONY: help install train eval validate test test-full bench clean prepare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: EXP=<experiment name in experiments/> ARGS='<LightningCLI overrides>' PYTHON=python3"
+	@echo "             DATA=ks|vggsound|ucf101|cremad ROOT=<downloaded media folder> WORKERS=<decoding processes> (make prepare)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +30,15 @@ install: $(STAMP) ## create/update the virtual environment in .venv
 train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test), e.g. make train EXP=crmt_jt ARGS="--trainer.max_epochs 3"
 	$(BIN)/python -m crmt fit --config experiments/$(EXP).yaml $(ARGS)
 
+eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt CKPT=runs/crmt/<id>/checkpoints/last.ckpt
+	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint path>"; exit 2; }
+	$(BIN)/python -m crmt test --config experiments/$(EXP).yaml --ckpt_path $(CKPT) $(ARGS)
+
 validate: $(STAMP) ## validate a checkpoint: make validate EXP=crmt_jt ARGS="--ckpt_path runs/.../last.ckpt"
 	$(BIN)/python -m crmt validate --config experiments/$(EXP).yaml $(ARGS)
+
+prepare: $(STAMP) ## decode a dataset once into its cache (resumable): make prepare DATA=ks ROOT=/data/ks/videos [ARGS="--set train_list=..."]
+	$(BIN)/python -m data_modules.prepare $(DATA) $(if $(ROOT),--root $(ROOT)) --workers $(WORKERS) $(ARGS)
 
 test: $(STAMP) ## run the test suite without the tests marked slow (includes one end-to-end CRMT fit and the DDP run)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -1,21 +1,24 @@
-"""Audio-visual clip dataset and the generic manifest-driven LightningDataModule."""
+"""Clip pipelines (decode -> cacheable arrays -> model inputs), the clip dataset, and the data modules built on them."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import ClassVar, Final, Literal, Protocol, get_args
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from data_modules.decoding import ClipDecodeError, decode_clip, probe_clip
-from data_modules.features import log_mel_fbank, normalize_frames
+from data_modules.augment import crop_and_flip
+from data_modules.cache import ClipCache
+from data_modules.decoding import ClipDecodeError, decode_audio, decode_sampled, probe_media, sample_frame_indices
+from data_modules.features import kaldi_fbank, normalize_fbank, normalize_frames
 from data_modules.manifest import ClipRecord, read_manifest
+from data_modules.prepare_clips import PrepareReport, prepare_clips
 
 BadClipPolicy = Literal["raise", "skip"]
 Sample = dict[str, torch.Tensor]
@@ -30,65 +33,153 @@ _STAGE_SPLITS: Final[dict[str | None, tuple[str, ...]]] = {
 _LISTED_BAD_CLIPS: Final = 5
 
 
+class ClipPipeline(Protocol):
+    """How clips become model inputs, in two stages so that the first can be cached.
+
+    ``extract`` decodes a clip into compact arrays (cacheable, independent of training or
+    evaluation); ``transform`` turns them into the model's float32 inputs, one per key of
+    ``input_shapes``, sampling frames at random for training and centred for evaluation.
+    ``cache_fields`` are the settings that shape the extracted arrays.
+    """
+
+    @property
+    def input_shapes(self) -> dict[str, list[int]]: ...
+
+    @property
+    def pixel_normalization(self) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]: ...
+
+    def cache_fields(self) -> dict[str, object]: ...
+
+    def probe(self, record: ClipRecord) -> str | None: ...
+
+    def extract(self, record: ClipRecord) -> dict[str, np.ndarray]: ...
+
+    def transform(self, arrays: dict[str, np.ndarray], *, train: bool) -> dict[str, torch.Tensor]: ...
+
+
 @dataclass(frozen=True)
 class ClipSettings:
-    """How a clip becomes model inputs (see :func:`log_mel_fbank` and :func:`normalize_frames`)."""
+    """How an audio-visual clip becomes ``audio`` (1, num_mel_bins, audio_frames) and ``visual``
+    (3, num_frames, frame_size, frame_size) float32 inputs (a :class:`ClipPipeline`).
+
+    Extraction keeps the video frames at ``fps`` (every decoded frame when ``None``), resized
+    to ``frame_size`` x ``frame_size`` RGB uint8, and the raw Kaldi filterbank of the audio
+    resampled to mono ``sample_rate`` Hz (at most ``audio_frames`` frames). The transform picks
+    ``num_frames`` of the kept frames (one per segment: random for training, centred for
+    evaluation; see :func:`sample_frame_indices`), optionally crops and flips them for training
+    (``augment``, see :func:`crop_and_flip`), and normalises the filterbank as
+    ``(x - audio_mean) / (audio_std_factor * audio_std)``. The official CRMT / OGM-GE / AST
+    code divides by *twice* the AudioSet std (``audio_std_factor=2``); the real-dataset modules
+    default to that, because attacks and certified radii are measured on normalised inputs.
+    """
 
     sample_rate: int = 16000
     num_mel_bins: int = 128
     audio_frames: int = 1024
     audio_mean: float = -4.503877
     audio_std: float = 5.141276
+    audio_std_factor: float = 1.0
+    fps: float | None = None
     num_frames: int = 3
     frame_size: int = 224
     visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    augment: bool = False
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "num_mel_bins", "audio_frames", "num_frames", "frame_size", "audio_std"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.audio_std_factor <= 0:
+            raise ValueError(f"audio_std_factor must be > 0, got {self.audio_std_factor}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be > 0 (or None for every frame), got {self.fps}")
         for name in ("visual_mean", "visual_std"):
             if len(getattr(self, name)) != 3:
                 raise ValueError(f"{name} needs one value per RGB channel, got {getattr(self, name)}")
         if min(self.visual_std) <= 0:
             raise ValueError(f"visual_std values must be > 0, got {self.visual_std}")
 
-    def load(self, path: Path, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode ``path`` into ``audio`` (1, num_mel_bins, audio_frames) and ``visual``
-        (3, num_frames, frame_size, frame_size), both float32.
+    @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        return {
+            "visual": [3, self.num_frames, self.frame_size, self.frame_size],
+            "audio": [1, self.num_mel_bins, self.audio_frames],
+        }
 
-        Training draws frame positions from torch's global RNG.
-        """
-        clip = decode_clip(
-            path, num_frames=self.num_frames, frame_size=self.frame_size, train=train, sample_rate=self.sample_rate
+    @property
+    def pixel_normalization(self) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+        return {"visual": (tuple(self.visual_mean), tuple(self.visual_std))}
+
+    def cache_fields(self) -> dict[str, object]:
+        return {  # typed, so that fps: 1 in a YAML file and fps=1.0 name the same cache
+            "kind": "audio-visual",
+            "sample_rate": int(self.sample_rate),
+            "num_mel_bins": int(self.num_mel_bins),
+            "audio_frames": int(self.audio_frames),
+            "fps": None if self.fps is None else float(self.fps),
+            "frame_size": int(self.frame_size),
+        }
+
+    def probe(self, record: ClipRecord) -> str | None:
+        """Why ``record`` is unusable (missing file, no video / audio stream, ...), or ``None``."""
+        if record.problem is not None:
+            return record.problem
+        if record.audio_path is None:
+            return probe_media(record.path, ("video", "audio"))
+        problem = probe_media(record.path, ("video",))
+        audio_problem = probe_media(record.audio_path, ("audio",))
+        return problem or (f"audio file {record.audio_path}: {audio_problem}" if audio_problem else None)
+
+    def extract(self, record: ClipRecord) -> dict[str, np.ndarray]:
+        """Decode ``record`` once: ``frames`` uint8 (N, S, S, 3) at ``fps`` and ``fbank`` float32
+        (n <= audio_frames, num_mel_bins), the raw filterbank. Raises :class:`ClipDecodeError`."""
+        own_audio = record.audio_path is None
+        waveform, video = decode_sampled(
+            record.path, fps=self.fps, frame_size=self.frame_size, sample_rate=self.sample_rate if own_audio else None
         )
+        if not own_audio:
+            waveform = decode_audio(record.audio_path, self.sample_rate)
+        audio_file = record.path if own_audio else record.audio_path
         try:
-            audio = log_mel_fbank(
-                clip.audio,
-                sample_rate=self.sample_rate,
-                num_mel_bins=self.num_mel_bins,
-                target_frames=self.audio_frames,
-                mean=self.audio_mean,
-                std=self.audio_std,
+            fbank = kaldi_fbank(
+                waveform, sample_rate=self.sample_rate, num_mel_bins=self.num_mel_bins, max_frames=self.audio_frames
             )
         except ValueError as error:
-            raise ClipDecodeError.for_clip(path, str(error)) from error
-        return audio, normalize_frames(clip.frames, self.visual_mean, self.visual_std)
+            raise ClipDecodeError.for_clip(audio_file, str(error)) from error
+        return {"frames": video.frames, "fbank": fbank.numpy()}
+
+    def transform(self, arrays: dict[str, np.ndarray], *, train: bool) -> dict[str, torch.Tensor]:
+        """``visual`` (3, num_frames, S, S) and ``audio`` (1, num_mel_bins, audio_frames) from
+        :meth:`extract`'s arrays; training draws frames (and crops) from torch's global RNG."""
+        frames = torch.from_numpy(arrays["frames"])
+        chosen = frames[sample_frame_indices(len(frames), self.num_frames, train=train)]
+        if train and self.augment:
+            chosen = crop_and_flip(chosen)
+        audio = normalize_fbank(
+            torch.from_numpy(arrays["fbank"]),
+            target_frames=self.audio_frames,
+            mean=self.audio_mean,
+            std=self.audio_std * self.audio_std_factor,
+        )
+        return {"visual": normalize_frames(chosen, self.visual_mean, self.visual_std), "audio": audio}
 
 
 class ClipDataset(Dataset[Sample | None]):
-    """The clips of one split as ``{"audio", "visual", "label", "index"}`` samples.
+    """The clips of one split as samples with one float32 input per modality of the pipeline
+    (e.g. ``audio`` (1, F, T_a) and ``visual`` (3, T, H, W)), plus int64 scalars ``label`` and
+    ``index`` (the position in this dataset).
 
-    ``audio`` is (1, F, T_a) and ``visual`` (3, T, H, W), both float32; ``label`` and ``index``
-    (the position in this dataset) are int64 scalars. Containers are opened per item, so the
-    dataset pickles cheaply into DataLoader workers.
+    A clip is read from ``cache`` when it is cached there, else decoded on the fly; both give
+    the same arrays, so the same tensors for evaluation. Containers are opened per item, so
+    the dataset pickles cheaply into DataLoader workers.
 
-    Training samples one random frame per segment from torch's global RNG. In a DataLoader worker
-    that RNG is seeded per epoch by the DataLoader (from its ``generator`` when given, which
-    :class:`ClipDataModule` seeds from ``seed``, and re-mixed with the rank by Lightning's
-    ``seed_everything(workers=True)``); with ``num_workers=0`` it is the main process's RNG, set by
-    ``seed_everything``. Either way a seeded run repeats exactly and epochs differ.
+    Training samples one random frame per segment (and crops, with ``augment``) from torch's
+    global RNG. In a DataLoader worker that RNG is seeded per epoch by the DataLoader (from its
+    ``generator`` when given, which :class:`MediaDataModule` seeds from ``seed``, and re-mixed
+    with the rank by Lightning's ``seed_everything(workers=True)``); with ``num_workers=0`` it
+    is the main process's RNG, set by ``seed_everything``. Either way a seeded run repeats
+    exactly and epochs differ.
 
     A clip that fails to decode raises :class:`ClipDecodeError` (``on_bad_clip="raise"``) or is
     returned as ``None`` with a warning (``"skip"``); :func:`collate_clips` drops those.
@@ -97,31 +188,39 @@ class ClipDataset(Dataset[Sample | None]):
     def __init__(
         self,
         records: Sequence[ClipRecord],
-        settings: ClipSettings,
+        settings: ClipPipeline,
         *,
         train: bool,
         on_bad_clip: BadClipPolicy = "raise",
+        cache: ClipCache | None = None,
     ) -> None:
         self.records = list(records)
         self.settings = settings
         self.train = train
         self.on_bad_clip = on_bad_clip
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def arrays(self, index: int) -> dict[str, np.ndarray]:
+        """The extracted arrays of clip ``index``: from the cache when there, else decoded now."""
+        record = self.records[index]
+        if self.cache is not None and self.cache.has(record.key):
+            return self.cache.read(record.key)
+        return self.settings.extract(record)
+
     def __getitem__(self, index: int) -> Sample | None:
         record = self.records[index]
         try:
-            audio, visual = self.settings.load(record.path, train=self.train)
+            inputs = self.settings.transform(self.arrays(index), train=self.train)
         except ClipDecodeError as error:
             if self.on_bad_clip == "raise":
                 raise
             warnings.warn(f"skipping sample {index}: {error}", stacklevel=2)
             return None
         return {
-            "audio": audio,
-            "visual": visual,
+            **inputs,
             "label": torch.tensor(record.label, dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),
         }
@@ -143,51 +242,37 @@ def collate_clips(samples: Sequence[Sample | None]) -> Sample | None:
     return default_collate(kept) if kept else None
 
 
-def probe_records(records: Sequence[ClipRecord]) -> tuple[list[ClipRecord], list[tuple[str, str]]]:
-    """Split ``records`` into usable clips and ``(path, reason)`` pairs for unusable ones."""
-    good: list[ClipRecord] = []
-    bad: list[tuple[str, str]] = []
-    for record in records:
-        reason = probe_clip(record.path)
-        if reason is None:
-            good.append(record)
-        else:
-            bad.append((str(record.path), reason))
-    return good, bad
+class MediaDataModule(L.LightningDataModule):
+    """Shared machinery of the clip data modules: splits of :class:`ClipRecord` -> probed
+    :class:`ClipDataset` s -> DataLoaders, and the optional preprocessing cache.
 
+    Subclasses set ``num_classes`` and ``settings`` (a :class:`ClipPipeline`) in ``__init__``
+    and implement :meth:`read_records`. Batches are dicts with one float32 tensor per key of
+    ``input_shapes`` (B, *shape), and ``label``, ``index`` (B,) int64. ``setup`` checks every
+    clip of the requested splits before training starts; unusable ones raise one
+    :class:`ClipDecodeError` listing them (``on_bad_clip="raise"``) or are dropped, counted in a
+    warning and kept in ``skipped_clips`` as ``(path, reason)`` (``"skip"``).
 
-class ClipDataModule(L.LightningDataModule):
-    """Audio-visual classification clips listed in a ``path,label,split`` CSV manifest.
-
-    Batches are dicts with ``audio`` (B, 1, num_mel_bins, audio_frames), ``visual``
-    (B, 3, num_frames, frame_size, frame_size) float32, and ``label``, ``index`` (B,) int64;
-    ``input_shapes`` and ``pixel_normalization`` describe them to the model and the attacks.
-    ``setup`` probes every clip of the requested splits; unusable ones raise one
-    :class:`ClipDecodeError` (``on_bad_clip="raise"``) or are dropped and listed in
-    ``skipped_clips`` as ``(path, reason)`` (``"skip"``). ``seed`` seeds the training
-    loader's shuffling and its workers' frame sampling (see :class:`ClipDataset`).
+    With ``cache_dir``, clips cached by ``prepare_cache`` (``python -m data_modules.prepare``)
+    are read from the cache and not probed again; clips that preparation could not decode are
+    unusable with the recorded reason; the rest is probed and decoded on the fly.
     """
+
+    dataset_name: ClassVar[str] = "clips"
+    """Prefix of this data module's cache folder."""
 
     def __init__(
         self,
-        manifest: str,
+        *,
         num_classes: int,
-        batch_size: int = 16,
-        num_workers: int = 2,
-        sample_rate: int = 16000,
-        num_mel_bins: int = 128,
-        audio_frames: int = 1024,
-        audio_mean: float = -4.503877,
-        audio_std: float = 5.141276,
-        num_frames: int = 3,
-        frame_size: int = 224,
-        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        on_bad_clip: Literal["raise", "skip"] = "raise",
-        seed: int = 0,
+        settings: ClipPipeline,
+        batch_size: int,
+        num_workers: int,
+        on_bad_clip: BadClipPolicy,
+        seed: int,
+        cache_dir: str | None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
         if num_classes < 1 or batch_size < 1 or num_workers < 0:
             raise ValueError(
                 f"need num_classes >= 1, batch_size >= 1 and num_workers >= 0, "
@@ -195,34 +280,31 @@ class ClipDataModule(L.LightningDataModule):
             )
         if on_bad_clip not in get_args(BadClipPolicy):
             raise ValueError(f"on_bad_clip must be 'raise' or 'skip', got {on_bad_clip!r}")
-        self.manifest = manifest
         self.num_classes = num_classes
+        self.settings = settings
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.on_bad_clip: BadClipPolicy = on_bad_clip
         self.seed = seed
-        self.settings = ClipSettings(
-            sample_rate=sample_rate,
-            num_mel_bins=num_mel_bins,
-            audio_frames=audio_frames,
-            audio_mean=audio_mean,
-            audio_std=audio_std,
-            num_frames=num_frames,
-            frame_size=frame_size,
-            visual_mean=tuple(visual_mean),
-            visual_std=tuple(visual_std),
+        self.cache = (
+            ClipCache.for_settings(cache_dir, self.dataset_name, settings.cache_fields()) if cache_dir else None
         )
         self.skipped_clips: list[tuple[str, str]] = []
         self.datasets: dict[str, ClipDataset] = {}
 
     @property
+    def source(self) -> str:
+        """What the clips come from, for messages (a file or folder)."""
+        return self.dataset_name
+
+    def read_records(self) -> list[ClipRecord]:
+        """Every clip of every split (``train``, ``val``, ``test``) with its label."""
+        raise NotImplementedError
+
+    @property
     def input_shapes(self) -> dict[str, list[int]]:
         """Shape of one sample's input per modality (no batch dimension), in modality order."""
-        settings = self.settings
-        return {
-            "visual": [3, settings.num_frames, settings.frame_size, settings.frame_size],
-            "audio": [1, settings.num_mel_bins, settings.audio_frames],
-        }
+        return self.settings.input_shapes
 
     @property
     def pixel_normalization(self) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
@@ -230,38 +312,59 @@ class ClipDataModule(L.LightningDataModule):
 
         Attacks use it to keep perturbed frames valid images; audio has no such range.
         """
-        return {"visual": (self.settings.visual_mean, self.settings.visual_std)}
+        return self.settings.pixel_normalization
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the manifest and build (once) the datasets of the splits ``stage`` needs."""
+        """Read the splits and build (once) the datasets of the splits ``stage`` needs."""
         if stage not in _STAGE_SPLITS:
             raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(map(str, _STAGE_SPLITS))}")
         splits = [split for split in _STAGE_SPLITS[stage] if split not in self.datasets]
         if not splits:
             return
-        records = read_manifest(self.manifest, num_classes=self.num_classes)
+        records = self.read_records()
+        if self.cache is not None and not self.cache.exists():
+            rank_zero_info(f"no preprocessing cache at {self.cache.folder}; decoding clips on the fly")
         for split in splits:
             self.datasets[split] = self._build_dataset(split, [r for r in records if r.split == split])
 
     def _build_dataset(self, split: str, records: list[ClipRecord]) -> ClipDataset:
-        """Probe ``records`` and apply ``on_bad_clip`` to the unusable ones."""
-        good, bad = probe_records(records)
+        """Check ``records`` (cache first, then a probe) and apply ``on_bad_clip`` to the unusable ones."""
+        cached_failures = self.cache.failures() if self.cache is not None else {}
+        good: list[ClipRecord] = []
+        bad: list[tuple[str, str]] = []
+        for record in records:
+            if self.cache is not None and self.cache.has(record.key):
+                good.append(record)
+                continue
+            reason = cached_failures.get(record.key) or self.settings.probe(record)
+            if reason is None:
+                good.append(record)
+            else:
+                bad.append((str(record.path), reason))
         if bad:
             listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:_LISTED_BAD_CLIPS])
             more = f"; and {len(bad) - _LISTED_BAD_CLIPS} more" if len(bad) > _LISTED_BAD_CLIPS else ""
-            summary = f"{len(bad)} of {len(records)} clips in the {split!r} split of {self.manifest} are unusable"
+            summary = f"{len(bad)} of {len(records)} clips in the {split!r} split of {self.source} are unusable"
             if self.on_bad_clip == "raise":
                 raise ClipDecodeError(f"{summary} (set on_bad_clip='skip' to drop them): {listed}{more}")
             self.skipped_clips.extend(bad)
             rank_zero_warn(f"{summary}; skipping them: {listed}{more}")
-        return ClipDataset(good, self.settings, train=split == "train", on_bad_clip=self.on_bad_clip)
+        return ClipDataset(good, self.settings, train=split == "train", on_bad_clip=self.on_bad_clip, cache=self.cache)
+
+    def prepare_cache(self, *, workers: int = 2, compress: bool = False, progress: bool = True) -> PrepareReport:
+        """Decode every clip of every split into the cache (resumable; see :func:`prepare_clips`)."""
+        if self.cache is None:
+            raise ValueError(f"{type(self).__name__} has no cache_dir; set one to prepare a cache")
+        return prepare_clips(
+            self.read_records(), self.settings, self.cache, workers=workers, compress=compress, progress=progress
+        )
 
     def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"the {split!r} split is not set up; call setup() first")
         dataset = self.datasets[split]
         if shuffle and len(dataset) == 0:
-            raise ValueError(f"the {split!r} split of {self.manifest} has no usable clips")
+            raise ValueError(f"the {split!r} split of {self.source} has no usable clips")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -284,3 +387,70 @@ class ClipDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+class ClipDataModule(MediaDataModule):
+    """Audio-visual classification clips listed in a ``path,label,split`` CSV manifest.
+
+    Batches are dicts with ``audio`` (B, 1, num_mel_bins, audio_frames), ``visual``
+    (B, 3, num_frames, frame_size, frame_size) float32, and ``label``, ``index`` (B,) int64;
+    ``input_shapes`` and ``pixel_normalization`` describe them to the model and the attacks.
+    See :class:`ClipSettings` for the settings and :class:`MediaDataModule` for bad clips and
+    the cache. ``seed`` seeds the training loader's shuffling and its workers' frame sampling
+    (see :class:`ClipDataset`).
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        num_classes: int,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        sample_rate: int = 16000,
+        num_mel_bins: int = 128,
+        audio_frames: int = 1024,
+        audio_mean: float = -4.503877,
+        audio_std: float = 5.141276,
+        num_frames: int = 3,
+        frame_size: int = 224,
+        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        on_bad_clip: Literal["raise", "skip"] = "raise",
+        seed: int = 0,
+        audio_std_factor: float = 1.0,
+        fps: float | None = None,
+        augment: bool = False,
+        cache_dir: str | None = None,
+    ) -> None:
+        settings = ClipSettings(
+            sample_rate=sample_rate,
+            num_mel_bins=num_mel_bins,
+            audio_frames=audio_frames,
+            audio_mean=audio_mean,
+            audio_std=audio_std,
+            audio_std_factor=audio_std_factor,
+            fps=fps,
+            num_frames=num_frames,
+            frame_size=frame_size,
+            visual_mean=tuple(visual_mean),
+            visual_std=tuple(visual_std),
+            augment=augment,
+        )
+        super().__init__(
+            num_classes=num_classes,
+            settings=settings,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            on_bad_clip=on_bad_clip,
+            seed=seed,
+            cache_dir=cache_dir,
+        )
+        self.save_hyperparameters()
+        self.manifest = manifest
+
+    @property
+    def source(self) -> str:
+        return str(self.manifest)
+
+    def read_records(self) -> list[ClipRecord]:
+        return read_manifest(self.manifest, num_classes=self.num_classes)

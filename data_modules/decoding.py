@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -45,14 +45,12 @@ def describe_error(error: BaseException) -> str:
     return strerror if isinstance(strerror, str) and strerror else str(error) or type(error).__name__
 
 
-def probe_clip(path: StrPath) -> str | None:
-    """Cheaply check that ``path`` opens and has a video and an audio stream.
-
-    Returns ``None`` for a usable clip, else the reason it is not. Nothing is decoded.
-    """
+def probe_media(path: StrPath, streams: Sequence[str]) -> str | None:
+    """Cheaply check that ``path`` opens and has every kind of stream in ``streams`` (``"video"``,
+    ``"audio"``); ``None`` when it does, else the reason. Nothing is decoded."""
     try:
         with _open(path) as container:
-            missing = [kind for kind in ("video", "audio") if not getattr(container.streams, kind)]
+            missing = [kind for kind in streams if not getattr(container.streams, kind)]
     except ClipDecodeError as error:
         return error.reason
     return f"no {' and no '.join(missing)} stream" if missing else None
@@ -95,32 +93,80 @@ def _open(path: StrPath) -> av.container.InputContainer:
         return av.open(os.fspath(path))
 
 
+class FrameSampler:
+    """Collects the video frames of one demuxing pass that a clip needs.
+
+    With ``fps=None`` it keeps every frame. Otherwise it keeps, for k = 0, 1, ..., the first
+    frame whose time is at least ``k / fps`` after the first frame's (ffmpeg's ``fps`` filter
+    picks nearly the same frames). With ``neighbours``, it also pairs each kept frame with the
+    next frame, for optical flow (the stream's last frame with the one before it, a lone frame
+    with itself): ``pairs[i]`` is (earlier, later).
+    """
+
+    def __init__(self, fps: float | None = None, *, neighbours: bool = False) -> None:
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be > 0 or None, got {fps}")
+        self.fps = fps
+        self.neighbours = neighbours
+        self.kept: list[av.VideoFrame] = []
+        self.pairs: list[tuple[av.VideoFrame, av.VideoFrame]] = []
+        self._previous: av.VideoFrame | None = None
+        self._previous_of_last: av.VideoFrame | None = None
+        self._start: float | None = None
+        self._count = 0
+
+    def offer(self, frame: av.VideoFrame) -> None:
+        """Look at the next decoded frame (in presentation order) and keep it if it is needed."""
+        if self.neighbours and len(self.pairs) < len(self.kept):
+            self.pairs.append((self.kept[-1], frame))
+        time = frame.time if frame.time is not None else float(self._count)
+        self._count += 1
+        if self._start is None:
+            self._start = time
+        if self.fps is None or time - self._start >= len(self.kept) / self.fps - 1e-6:
+            self.kept.append(frame)
+        if self.neighbours:
+            if self.kept[-1] is frame:
+                self._previous_of_last = self._previous
+            self._previous = frame
+
+    def finish(self) -> None:
+        """Mark the end of the stream: pair the last kept frame if nothing followed it."""
+        if self.neighbours and len(self.pairs) < len(self.kept):
+            last = self.kept[-1]
+            self.pairs.append((self._previous_of_last or last, last))
+
+
 def _decode(
-    path: StrPath, *, sample_rate: int | None, video: bool
+    path: StrPath, *, sample_rate: int | None, video: bool | FrameSampler
 ) -> tuple[list[np.ndarray], list[av.VideoFrame]]:
     """Demux once: mono float32 chunks of the first audio stream resampled to ``sample_rate``
-    (skipped when ``None``) and, when ``video``, every frame of the first video stream."""
+    (skipped when ``None``) and, when ``video``, the frames of the first video stream that the
+    sampler keeps (``True``: every frame)."""
+    sampler = FrameSampler() if video is True else video or None
     with _clip_errors(path), _open(path) as container:
         streams = []
         if sample_rate is not None:
             if not container.streams.audio:
                 raise ClipDecodeError.for_clip(path, "no audio stream")
             streams.append(container.streams.audio[0])
-        if video:
+        if sampler is not None:
             if not container.streams.video:
                 raise ClipDecodeError.for_clip(path, "no video stream")
             streams.append(container.streams.video[0])
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate) if sample_rate else None
         chunks: list[np.ndarray] = []
-        frames: list[av.VideoFrame] = []
         for frame in container.decode(*streams):
             if isinstance(frame, av.VideoFrame):
-                frames.append(frame)
+                sampler.offer(frame)
             elif resampler is not None:
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
         if resampler is not None:
             chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-    return chunks, frames
+    if sampler is None:
+        return chunks, []
+    sampler.finish()
+    return chunks, sampler.kept
 
 
 def _waveform(path: StrPath, chunks: list[np.ndarray]) -> torch.Tensor:
@@ -178,3 +224,36 @@ def decode_clip(
     chunks, frames = _decode(path, sample_rate=sample_rate, video=True)
     audio = _waveform(path, chunks)
     return DecodedClip(audio, _select_frames(path, frames, num_frames, frame_size, train=train, generator=generator))
+
+
+class SampledVideo(NamedTuple):
+    """Frames of a clip at a fixed rate: ``frames`` RGB uint8 ``(N, S, S, 3)`` resized to S x S, and,
+    when asked for, ``pairs``: per frame, grey native-resolution (earlier, later) neighbours
+    ``(N, 2, H, W)`` uint8, see :class:`FrameSampler`."""
+
+    frames: np.ndarray
+    pairs: np.ndarray | None
+
+
+def decode_sampled(
+    path: StrPath,
+    *,
+    fps: float | None,
+    frame_size: int,
+    sample_rate: int | None = None,
+    pairs: bool = False,
+) -> tuple[torch.Tensor | None, SampledVideo]:
+    """One demuxing pass over ``path``: the waveform (as :func:`decode_audio`; ``None`` when
+    ``sample_rate`` is ``None``) and the frames at ``fps`` (every frame when ``None``), see
+    :class:`FrameSampler` and :class:`SampledVideo`."""
+    sampler = FrameSampler(fps, neighbours=pairs)
+    chunks, kept = _decode(path, sample_rate=sample_rate, video=sampler)
+    if not kept:
+        raise ClipDecodeError.for_clip(path, "video stream has no decodable frames")
+    with _clip_errors(path):
+        frames = np.stack([frame.to_ndarray(format="rgb24", width=frame_size, height=frame_size) for frame in kept])
+        grey = None
+        if pairs:
+            grey = np.stack([np.stack([frame.to_ndarray(format="gray") for frame in pair]) for pair in sampler.pairs])
+    waveform = _waveform(path, chunks) if sample_rate is not None else None
+    return waveform, SampledVideo(frames, grey)

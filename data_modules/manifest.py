@@ -18,12 +18,26 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ClipRecord:
-    """One manifest row: the clip ``path`` (joined onto the manifest's folder), its class ``label``
-    and its ``split``."""
+    """One clip: its media ``path`` (for a manifest row, joined onto the manifest's folder), its
+    class ``label`` and its ``split``.
+
+    ``audio_path`` names a separate audio file (else the audio is ``path``'s own stream);
+    ``name`` is the clip's name in its dataset (the cache key; ``path``'s stem when empty);
+    ``problem`` is a reason the clip is unusable that was known before probing (e.g. no media
+    file was found for it).
+    """
 
     path: Path
     label: int
     split: str
+    audio_path: Path | None = None
+    name: str = ""
+    problem: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The clip's name in its dataset: ``name``, else the file name without extension."""
+        return self.name or self.path.stem
 
 
 def read_manifest(path: str | os.PathLike[str], num_classes: int | None = None) -> list[ClipRecord]:

@@ -15,6 +15,12 @@ import yaml
 from crmt.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+DATASETS = {
+    "ks": "data_modules.KineticsSoundsDataModule",
+    "vggsound": "data_modules.VGGSoundDataModule",
+    "ucf101": "data_modules.UCF101DataModule",
+    "cremad": "data_modules.CremadDataModule",
+}
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml") if p.stem != "defaults")
 
 TINY_DATA = [
@@ -67,7 +73,9 @@ def test_experiment_config_parses(experiment, capsys):
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["class_path"].startswith("crmt.strategies.")
-    assert config["data"]["class_path"] == "data_modules.EmbeddedAVDataModule"
+    dataset = next((name for name in DATASETS if experiment.endswith(f"_{name}")), None)
+    expected_data = DATASETS[dataset] if dataset else "data_modules.EmbeddedAVDataModule"
+    assert config["data"]["class_path"] == expected_data
     assert config["trainer"]["logger"]["init_args"]["name"] == experiment
 
 

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from crmt.distributed import gather_rows
 from crmt.losses import margin_regularizer
 from crmt.models.heads import OrthogonalFusion
 from crmt.robustness.certificates import score_function
@@ -167,14 +168,8 @@ class CRMTJointTraining(MultiModalModule):
         return self.trainer.strategy.batch_to_device(batch, self.device)
 
     def _gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Concatenate every rank's (N_r, ...) rows in rank order; N_r may differ between ranks."""
-        if self.trainer.world_size == 1:
-            return rows
-        counts = self.all_gather(torch.tensor(rows.shape[0], device=rows.device)).flatten()
-        padded = rows.new_zeros((int(counts.max()), *rows.shape[1:]))
-        padded[: rows.shape[0]] = rows
-        gathered = self.all_gather(padded)
-        return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
+        """Every rank's rows, concatenated in rank order (see :func:`crmt.distributed.gather_rows`)."""
+        return gather_rows(self.all_gather if self.trainer.world_size > 1 else None, rows)
 
     # ----------------------------------------------------------------- step 2
     def _step2_update(self, batch: Batch) -> None:

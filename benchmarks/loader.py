@@ -1,0 +1,172 @@
+"""Loader throughput at the paper's input sizes: decoding on the fly vs reading the cache, against
+the training throughput of ResNet18 (width 64) CRMT-JT on this machine.
+
+Fake Kinetics-Sounds clips (10 s, 320x240, 25 fps H.264, 44.1 kHz stereo AAC: what YouTube
+downloads look like) are generated once under ``--work-dir``. The training loader of
+:class:`KineticsSoundsDataModule` (paper defaults: 3 frames at 1 fps, 224x224, cropped and
+flipped; 128 x 1024 Kaldi fbank) is timed with ``--workers`` DataLoader workers, first
+decoding on the fly, then from a cache filled by ``prepare_cache`` (whose throughput is timed
+too). The training step is CRMT-JT step 1 (forward, CE + rho * L1, backward, SGD step) at
+``--batch`` on random inputs of the same shapes, with every core.
+
+Prints a table and writes ``runs/bench/loader.json``: ``python -m benchmarks.loader``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_modules import KineticsSoundsDataModule
+from data_modules.encoding import write_mp4
+
+WIDTH, HEIGHT = 320, 240
+
+
+def fake_clip(index: int, seconds: float, fps: int, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (T, 240, 320, 3) frames (a smooth gradient, a moving square, mild noise) and float32
+    (2, n) stereo audio (a chord with noise)."""
+    rng = np.random.default_rng(index)
+    count = round(seconds * fps)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    background = np.stack([x * 255 // WIDTH, y * 255 // HEIGHT, np.full_like(x, 40 * (index % 6))], -1).astype(np.int16)
+    video = np.empty((count, HEIGHT, WIDTH, 3), np.uint8)
+    for t in range(count):
+        frame = background + rng.integers(-8, 9, background.shape)
+        left, top = (4 * t + 13 * index) % (WIDTH - 60), 90 + int(40 * math.sin(t / 10))
+        frame[top : top + 60, left : left + 60] = (220, 60 + 20 * (index % 8), 90)
+        video[t] = np.clip(frame, 0, 255)
+    n = round(seconds * rate)
+    time_axis = np.arange(n) / rate
+    chord = sum(np.sin(2 * math.pi * (220 + 50 * index) * k * time_axis) / k for k in (1, 2, 3))
+    audio = 0.2 * chord + 0.02 * rng.standard_normal(n)
+    return video, np.stack([audio, 0.8 * audio]).astype(np.float32)
+
+
+def make_dataset(folder: Path, clips: int, seconds: float) -> dict[str, Path]:
+    """A Kinetics-Sounds folder of ``clips`` fake clips with a CRMT train list (reused when complete)."""
+    media, listing = folder / "media", folder / "ks_train.txt"
+    if listing.is_file() and len(listing.read_text().split("\n")) - 1 == clips:
+        return {"root": media, "list": listing}
+    media.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(clips):
+        name = f"bench{index:06d}_000000_000010"
+        video, audio = fake_clip(index, seconds, fps=25, rate=44100)
+        write_mp4(media / f"{name}.mp4", video=video, audio=audio, fps=25, audio_rate=44100)
+        lines.append(f"{name} {index % 31}")
+    listing.write_text("\n".join(lines) + "\n")
+    return {"root": media, "list": listing}
+
+
+def loader_throughput(data: KineticsSoundsDataModule, epochs: int) -> dict[str, float]:
+    """Clips per second of the training loader over ``epochs`` passes (worker start-up included)."""
+    data.setup("fit")
+    loader = data.train_dataloader()
+    clips = 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            clips += batch["label"].shape[0]
+    seconds = time.perf_counter() - start
+    return {"clips": clips, "seconds": seconds, "clips_per_s": clips / max(seconds, 1e-9)}
+
+
+def training_throughput(input_shapes: dict[str, list[int]], batch: int, steps: int) -> dict[str, float]:
+    """Clips per second of CRMT-JT step-1 updates (ResNet18, width 64, 31 classes), median of ``steps``."""
+    from crmt.strategies import CRMTJointTraining
+
+    torch.manual_seed(0)
+    model = CRMTJointTraining(num_classes=31, input_shapes=input_shapes, encoder_width=64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    inputs = {name: torch.randn(batch, *shape) for name, shape in input_shapes.items()}
+    inputs["label"] = torch.randint(0, 31, (batch,))
+    model.train()
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        loss, _ = model.step1_loss(inputs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step > 0:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {"batch": batch, "step_s": seconds, "clips_per_s": batch / max(seconds, 1e-9)}
+
+
+def folder_megabytes(folder: Path) -> float:
+    return sum(path.stat().st_size for path in folder.rglob("*.npz")) / 2**20
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=int, default=16, help="fake 10 s clips to generate (default 16)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader / prepare workers (default 2)")
+    parser.add_argument("--batch", type=int, default=16, help="batch size of loader and training step (default 16)")
+    parser.add_argument("--epochs", type=int, default=2, help="loader passes over the clips (default 2)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (default 3, after one warm-up)")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench/loader"), help="fake clips and cache")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/loader.json"))
+    args = parser.parse_args(argv)
+
+    dataset = make_dataset(args.work_dir, args.clips, args.seconds)
+    cache_dir = args.work_dir / "cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+
+    def module(cache: Path | None) -> KineticsSoundsDataModule:
+        return KineticsSoundsDataModule(
+            str(dataset["root"]),
+            str(dataset["list"]),
+            str(dataset["list"]),
+            cache_dir=str(cache) if cache else None,
+            batch_size=args.batch,
+            num_workers=args.workers,
+        )
+
+    results: dict[str, object] = {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), **vars(args)}
+    results["on_the_fly"] = loader_throughput(module(None), args.epochs)
+    cached = module(cache_dir)
+    start = time.perf_counter()
+    report = cached.prepare_cache(workers=args.workers, progress=False)
+    prepare_seconds = time.perf_counter() - start
+    results["prepare"] = {
+        "clips": report.written,
+        "seconds": prepare_seconds,
+        "clips_per_s": report.written / max(prepare_seconds, 1e-9),
+        "failed": len(report.failed),
+        "cache_mb_per_clip": folder_megabytes(cache_dir) / max(report.written, 1),
+    }
+    results["from_cache"] = loader_throughput(cached, args.epochs)
+    results["training"] = training_throughput(cached.input_shapes, args.batch, args.steps)
+    results = {key: str(value) if isinstance(value, Path) else value for key, value in results.items()}
+
+    train_rate = results["training"]["clips_per_s"]
+    rows = [
+        ("loader, decoding on the fly", results["on_the_fly"]["clips_per_s"]),
+        ("loader, reading the cache", results["from_cache"]["clips_per_s"]),
+        ("prepare (decode + write cache)", results["prepare"]["clips_per_s"]),
+        ("CRMT-JT training step (ResNet18 w64)", train_rate),
+    ]
+    print(f"{'what':40s} {'clips/s':>9s} {'x training':>11s}")
+    for name, rate in rows:
+        print(f"{name:40s} {rate:9.2f} {rate / max(train_rate, 1e-9):11.2f}")
+    megabytes = results["prepare"]["cache_mb_per_clip"]
+    print(f"cache: {megabytes:.2f} MB per clip; {args.workers} workers, {os.cpu_count()} cores")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The preprocessing cache: one ``.npz`` file per decoded clip, keyed by the clip's name.
+
+Layout: ``<cache_dir>/<dataset>-<digest>/`` holds ``settings.json`` (the settings that shaped
+the cached arrays; ``digest`` is their hash, so changing e.g. ``frame_size`` uses a new
+folder instead of stale arrays), ``clips/<xx>/<clip name>.npz`` (``xx``: two hex digits of the
+name's hash, to keep folders small) and ``failures.json`` (clip name -> reason for the clips
+that could not be decoded).
+
+Why per-clip files and not Lightning's ``litdata`` chunks:
+
+- The training loader stays a map-style dataset, so under (multi-node) DDP Lightning's
+  ``DistributedSampler`` hands each rank its own share of indices, and a rank opens only the
+  files of its share: no rank reads everything. The sample index is the dataset position,
+  stable across epochs, which CRMT's step 2 needs to look up cached scores; shuffling, seeding
+  and checkpoint resume are Lightning's usual ones (the Trainer does not restore a
+  ``StreamingDataLoader``'s state, litData#775, and litData reports DDP hangs, #408, #129).
+- Preparation is resumable clip by clip: each file is written to a temporary name and renamed,
+  so a clip is either completely cached or absent, and a rerun decodes only absent clips. A
+  chunked format is written in one go and cannot say which samples are complete.
+- A clip of the paper's inputs is about 2 MB (1024 x 128 float32 filterbank + ten 224 x 224
+  RGB frames), far above the size where per-file overhead matters, and ``--compress`` (zlib)
+  trades some CPU for roughly half the disk. Object storage (S3) is where litdata's chunks
+  would pay off; the dataset modules do not need it for local or network file systems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from data_modules.decoding import ClipDecodeError
+
+CACHE_VERSION: Final = 1
+"""Bump when the cached arrays change for unchanged settings, so old caches are not reused."""
+SETTINGS_NAME: Final = "settings.json"
+FAILURES_NAME: Final = "failures.json"
+_TEMPORARY_SUFFIX: Final = ".partial"
+
+
+class ClipCache:
+    """Cached arrays of the clips of one dataset under one set of preprocessing settings."""
+
+    def __init__(self, folder: str | os.PathLike[str], fields: Mapping[str, object]) -> None:
+        self.folder = Path(folder)
+        self.fields = dict(fields)
+
+    @classmethod
+    def for_settings(cls, cache_dir: str | os.PathLike[str], dataset: str, fields: Mapping[str, object]) -> ClipCache:
+        """The cache of ``dataset`` under ``cache_dir`` for the preprocessing settings ``fields``."""
+        text = json.dumps({"cache_version": CACHE_VERSION, "dataset": dataset, **fields}, sort_keys=True)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+        return cls(Path(cache_dir) / f"{dataset}-{digest}", fields)
+
+    def exists(self) -> bool:
+        """Whether preparation has started here (``settings.json`` is written first)."""
+        return (self.folder / SETTINGS_NAME).is_file()
+
+    def create(self) -> None:
+        """Make the folder and record the settings; an existing folder must hold the same settings."""
+        settings_file = self.folder / SETTINGS_NAME
+        if settings_file.is_file():
+            recorded = json.loads(settings_file.read_text())
+            if recorded != self.fields:
+                raise ValueError(f"cache {self.folder} was made with settings {recorded}, not {self.fields}")
+            return
+        (self.folder / "clips").mkdir(parents=True, exist_ok=True)
+        _write_atomically(settings_file, json.dumps(self.fields, indent=2, sort_keys=True).encode())
+
+    def clip_file(self, key: str) -> Path:
+        """Where the arrays of clip ``key`` live (whether or not they are there yet)."""
+        if not key or key.startswith(".") or any(char in key for char in "/\\\0"):
+            raise ValueError(f"clip name {key!r} cannot name a cache file (empty, leading '.', or a path separator)")
+        shard = hashlib.sha1(key.encode()).hexdigest()[:2]
+        return self.folder / "clips" / shard / f"{key}.npz"
+
+    def has(self, key: str) -> bool:
+        return self.clip_file(key).is_file()
+
+    def read(self, key: str) -> dict[str, np.ndarray]:
+        """The cached arrays of clip ``key``; an unreadable file is a :class:`ClipDecodeError` naming it."""
+        path = self.clip_file(key)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ClipDecodeError.for_clip(
+                path, f"unreadable cache file ({error}); delete it and run prepare again"
+            ) from error
+
+    def write(self, key: str, arrays: Mapping[str, np.ndarray], *, compress: bool = False) -> None:
+        """Store ``arrays`` for clip ``key``: written under a temporary name, then renamed into place."""
+        path = self.clip_file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save = np.savez_compressed if compress else np.savez
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=_TEMPORARY_SUFFIX, delete=False) as handle:
+            save(handle, **arrays)
+        os.replace(handle.name, path)
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by an interrupted preparation; returns how many."""
+        leftovers = list((self.folder / "clips").glob(f"*/*{_TEMPORARY_SUFFIX}"))
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def failures(self) -> dict[str, str]:
+        """Clip name -> reason, for the clips the last preparation could not decode."""
+        path = self.folder / FAILURES_NAME
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def write_failures(self, failures: Mapping[str, str]) -> None:
+        _write_atomically(self.folder / FAILURES_NAME, json.dumps(dict(sorted(failures.items())), indent=1).encode())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=_TEMPORARY_SUFFIX, delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
