@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXP ?= crmt_jt
 CKPT ?=
+EXPS ?=
+SWEEP ?= crmt_rho
+SWEEP_ID ?=
 ARGS ?=
 PYTEST_ARGS ?=
 DATA ?= ks
@@ -12,7 +15,7 @@ ROOT ?=
 WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval validate test test-full bench clean prepare
+.PHONY: help install train eval compare sweep agent validate test test-full bench clean prepare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +36,16 @@ train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test), e.g. make tra
 eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt CKPT=runs/crmt/<id>/checkpoints/last.ckpt
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint path>"; exit 2; }
 	$(BIN)/python -m crmt test --config experiments/$(EXP).yaml --ckpt_path $(CKPT) $(ARGS)
+
+compare: $(STAMP) ## train EXPS (default: every strategy) on the same data and seed, one table: make compare EXPS="jt crmt_jt"
+	$(BIN)/python -m crmt.compare $(EXPS) $(if $(ARGS),--args "$(ARGS)")
+
+sweep: $(STAMP) ## create the W&B sweep experiments/sweeps/$(SWEEP).yaml (needs `wandb login`)
+	$(BIN)/wandb sweep experiments/sweeps/$(SWEEP).yaml
+
+agent: $(STAMP) ## run trials of a created sweep with this project's Python: make agent SWEEP_ID=<entity/project/id>
+	@test -n "$(SWEEP_ID)" || { echo "make agent needs SWEEP_ID=<entity/project/id> (printed by make sweep)"; exit 2; }
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/wandb agent $(SWEEP_ID)
 
 validate: $(STAMP) ## validate a checkpoint: make validate EXP=crmt_jt ARGS="--ckpt_path runs/.../last.ckpt"
 	$(BIN)/python -m crmt validate --config experiments/$(EXP).yaml $(ARGS)

@@ -10,22 +10,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from crmt.callbacks.robustness import RobustnessReport
 from crmt.strategies.base import MultiModalModule
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
 
 
 class CRMTCLI(LightningCLI):
-    """LightningCLI with the data -> model links (class count, input shapes), the CRMT epoch plan and test after fit."""
+    """LightningCLI with the data -> model links (class count, input shapes), the CRMT epoch plan,
+    test (and so the robustness report) after fit, and ``--report_dir``."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shapes", "model.init_args.input_shapes", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="run the test split after `fit` with the final weights"
+        )
+        parser.add_argument(
+            "--report_dir",
+            type=str | None,
+            default=None,
+            help="write the robustness report here instead of <run folder>/report",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -34,14 +42,33 @@ class CRMTCLI(LightningCLI):
         if "step1_epochs" in init_args and "step2_epochs" in init_args and config.trainer.max_epochs is None:
             config.trainer.max_epochs = init_args.step1_epochs + init_args.step2_epochs
 
+    def _apply_report_dir(self) -> None:
+        report_dir = self.config[self.subcommand].get("report_dir")
+        if report_dir:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, RobustnessReport):
+                    callback.output_dir = report_dir
+
+    def before_fit(self) -> None:
+        self._apply_report_dir()
+
+    def before_test(self) -> None:
+        self._apply_report_dir()
+
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
 
 
-def main(args: list[str] | None = None) -> CRMTCLI:
-    """Entry point of ``python -m crmt`` and the ``crmt`` script. W&B runs offline unless WANDB_MODE says otherwise."""
-    os.environ.setdefault("WANDB_MODE", "offline")
+def main(args: list[str] | None = None, callbacks: list[Callback] | None = None) -> CRMTCLI:
+    """Entry point of ``python -m crmt`` and the ``crmt`` script.
+
+    ``callbacks`` are added to those of the configuration (for programmatic use and tests).
+    W&B runs offline unless WANDB_MODE says otherwise or a W&B sweep agent started the run
+    (the agent sets WANDB_SWEEP_ID; its trials must log online for the sweep to see them).
+    """
+    if "WANDB_SWEEP_ID" not in os.environ:
+        os.environ.setdefault("WANDB_MODE", "offline")
     defaults = [str(DEFAULTS_FILE)] if DEFAULTS_FILE.is_file() else []
     return CRMTCLI(
         MultiModalModule,
@@ -50,5 +77,6 @@ def main(args: list[str] | None = None) -> CRMTCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={name: {"default_config_files": defaults} for name in ("fit", "validate", "test", "predict")},
+        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
         args=args,
     )

@@ -1,0 +1,98 @@
+"""Cost of the full robustness report against one l2-PGD pass over the embedded test split.
+
+Both passes read the test split through the data module's loader (decoding included), on the
+same model, in the same process, interleaved over ``--repeats`` rounds (median reported):
+
+- reference: multi-modal l2-PGD (the paper's 4 steps of eps/3, eps 0.5) on every batch, then
+  the predictions on the adversarial inputs;
+- report: everything the ``RobustnessReport`` callback does (clean, multi-modal FGM/PGD,
+  uni-modal FGM/PGD per modality, missing modality, accuracy-vs-radius curves, Lipschitz
+  estimates, certified radii, sound bounds, the radius audit) and writing the files.
+
+Two models: JT (its Lipschitz table is estimated over the evaluated samples: the expensive
+path) and CRMT-JT after its phase switch (tau~ known from the training set).
+Prints a table and writes ``runs/bench/report.json``: ``python -m benchmarks.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from crmt.robustness.attacks import L2PGD, pixel_ranges_for, predict
+from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
+from crmt.robustness.report import write_report
+from crmt.strategies import CRMTJointTraining, JointTraining
+from data_modules import EmbeddedAVDataModule
+
+
+def pgd_pass(model, loader, ranges) -> None:
+    for batch in loader:
+        adversarial = L2PGD(0.5)(model, model.inputs(batch), batch["label"], ranges)
+        predict(model, adversarial)
+
+
+def report_pass(model, loader, ranges, settings: RobustnessSettings) -> None:
+    evaluator = RobustnessEvaluator(model, settings, ranges)
+    for batch in loader:
+        evaluator.update(model.inputs(batch), batch["label"])
+    with tempfile.TemporaryDirectory() as folder:
+        write_report(evaluator.finalize(), Path(folder), "bench")
+
+
+def interleaved_medians(candidates: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_index in range(repeats + 1):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            if round_index:  # the first round warms up
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="data/embedded", help="embedded dataset folder (generated if missing)")
+    parser.add_argument("--width", type=int, default=8, help="encoder width (8: the embedded experiments)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/report.json"))
+    options = parser.parse_args(argv)
+    torch.manual_seed(0)
+    data = EmbeddedAVDataModule(root=options.root)
+    data.prepare_data()
+    data.setup("test")
+    loader = data.test_dataloader()
+    settings = RobustnessSettings()
+    jt = JointTraining(data.num_classes, data.input_shapes, encoder_width=options.width).eval()
+    crmt = CRMTJointTraining(data.num_classes, data.input_shapes, encoder_width=options.width).eval()
+    crmt.phase.fill_(2)
+    crmt.tau.uniform_(0.5, 1.5)
+    results = {"test_clips": len(loader.dataset), "threads": torch.get_num_threads(), "models": {}}
+    print(f"report vs one l2-PGD pass: embedded test split ({len(loader.dataset)} clips), width {options.width}, "
+          f"{torch.get_num_threads()} threads, {options.repeats} rounds")
+    for name, model in (("jt", jt), ("crmt_jt", crmt)):
+        ranges = pixel_ranges_for(model.modalities, data.pixel_normalization)
+        seconds = interleaved_medians(
+            {"pgd_pass": lambda: pgd_pass(model, loader, ranges), "report": lambda: report_pass(model, loader, ranges, settings)},
+            options.repeats,
+        )
+        ratio = seconds["report"] / seconds["pgd_pass"]
+        results["models"][name] = {**seconds, "ratio": ratio}
+        print(f"  {name:8s} l2-PGD pass {seconds['pgd_pass']:6.2f} s   full report {seconds['report']:6.2f} s   "
+              f"ratio {ratio:5.2f}x")
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {options.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

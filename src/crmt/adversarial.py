@@ -1,0 +1,41 @@
+"""Adversarial training examples: the project's multi-modal l2-PGD applied to a training batch.
+
+Used by MMAT and CRMT-AT (baselines.md §6, §9.5). The official generator takes 5 joint
+l2-normalised steps of eps / 5 with eps = 0.1, in train mode and without projection or pixel
+clamping; here the same budget and steps run through :class:`~crmt.robustness.attacks.L2PGD`
+(evaluation mode, so batch-norm statistics do not drift during the attack; projection onto the
+joint ball; frames clamped to valid pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from crmt.robustness.attacks import L2PGD, pixel_ranges_for
+from crmt.strategies.base import Batch, MultiModalModule
+
+
+def check_adversary_settings(eps: float, steps: int, step_fraction: float) -> None:
+    """Fail fast, naming the setting, on an invalid adversarial-training configuration."""
+    if eps <= 0:
+        raise ValueError(f"at_eps must be > 0, got {eps}")
+    if steps < 1:
+        raise ValueError(f"at_steps must be >= 1, got {steps}")
+    if step_fraction <= 0:
+        raise ValueError(f"at_step_fraction must be > 0, got {step_fraction}")
+
+
+def adversarial_batch(
+    module: MultiModalModule, batch: Batch, eps: float, steps: int, step_fraction: float, random_start: bool = False
+) -> Batch:
+    """``batch`` with every modality replaced by its multi-modal l2-PGD example (joint budget ``eps``).
+
+    Pixel modalities are clamped with the data module's ``pixel_normalization`` when the module
+    is attached to a trainer with a data module. Labels and indices are unchanged.
+    """
+    normalization = None
+    if module._trainer is not None and module.trainer.datamodule is not None:
+        normalization = getattr(module.trainer.datamodule, "pixel_normalization", None)
+    attack = L2PGD(eps, steps, step_fraction, random_start)
+    adversarial: Sequence = attack(module, module.inputs(batch), batch["label"], pixel_ranges_for(module.modalities, normalization))
+    return {**batch, **dict(zip(module.modalities, adversarial, strict=True))}
