@@ -77,6 +77,9 @@ def test_experiment_config_parses(experiment, capsys):
     expected_data = DATASETS[dataset] if dataset else "data_modules.EmbeddedAVDataModule"
     assert config["data"]["class_path"] == expected_data
     assert config["trainer"]["logger"]["init_args"]["name"] == experiment
+    report = next(c for c in config["trainer"]["callbacks"] if c["class_path"] == "crmt.callbacks.RobustnessReport")
+    budget = report["init_args"]["settings"]["multimodal_eps"]
+    assert budget == (0.5 if dataset else 4.0), "paper budgets on real data, scaled ones on the embedded clips"
 
 
 def test_crmt_epoch_plan_sets_max_epochs_and_overrides_pass_through(capsys):
@@ -188,4 +191,6 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
     assert torch.equal(rank0["integration"], rank1["integration"])
     assert not torch.allclose(rank0["integration"], torch.ones_like(rank0["integration"]))
     assert rank0["cached_samples"] == rank1["cached_samples"] == rank0["train_samples"]
+    differing = [name for name, value in rank0["state_dict"].items() if not torch.equal(value, rank1["state_dict"][name])]
+    assert differing == [], f"ranks ended with different parameters or buffers: {differing}"
     assert_wandb_holds_robustness_output(wandb_run_dir(tmp_path / "runs"))

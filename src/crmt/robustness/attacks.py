@@ -163,13 +163,16 @@ class L2PGD:
         *,
         eps: float | torch.Tensor | None = None,
         clean_gradients: Sequence[torch.Tensor] | None = None,
+        start: Sequence[torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> list[torch.Tensor]:
         """Adversarial inputs.
 
         ``clean_gradients``: the loss gradient of each attacked modality at the clean inputs, when
         already known (see :func:`loss_gradients`); it saves the first backward pass of a run
-        without random start. ``generator`` draws the random start.
+        without random start. ``start``: adversarial inputs of the attacked modalities to continue
+        from (projected into this attack's ball), e.g. those of a smaller budget; it replaces the
+        random start. ``generator`` draws the random start.
         """
         attacked = list(range(len(inputs))) if self.modalities is None else self.modalities
         ranges = list(pixel_ranges) if pixel_ranges is not None else [None] * len(inputs)
@@ -180,10 +183,13 @@ class L2PGD:
             budget = _per_sample(self.eps if eps is None else eps, clean[0])
             step = budget * self.step_fraction
             partial = PartialModel(model, [x.detach().clone() for x in inputs], attacked)
-            delta = self._start(clean, budget, generator)
+            if start is None:
+                delta = self._start(clean, budget, generator)
+            else:
+                delta = _project([s.detach() - c for s, c in zip(start, clean, strict=True)], budget)
             for index in range(self.steps):
                 current = [_clamp(x + d, r) for x, d, r in zip(clean, delta, clamps, strict=True)]
-                if index == 0 and clean_gradients is not None and not self.random_start:
+                if index == 0 and clean_gradients is not None and start is None and not self.random_start:
                     gradients = [g.detach() for g in clean_gradients]
                 else:
                     gradients = _loss_gradients(partial, current, labels)

@@ -8,8 +8,8 @@ modality's FGM direction is its part of the joint gradient) and the first step o
 without random start. Uni-modal attacks run only the attacked encoder; the other modalities'
 features are computed once.
 
-Records (per sample): ``label``, ``logits`` (K,), and one bool per attack, True where the
-attacked sample is still classified correctly: ``clean``, ``fgm``, ``pgd`` (multi-modal),
+Only correctly classified samples are attacked. Records (per sample): ``label``, ``logits``
+(K,), and one bool per attack, True where the attacked sample is still classified correctly: ``clean``, ``fgm``, ``pgd`` (multi-modal),
 ``fgm_<m>``, ``pgd_<m>`` (uni-modal on modality <m>), ``missing_<m>``, and the accuracy
 curves ``curve_multimodal`` / ``curve_<m>`` (R,) over ``curve_radii``.
 """
@@ -48,7 +48,10 @@ class RobustnessSettings:
         unimodal_eps: l2 budget of the uni-modal FGM and PGD (1.0).
         steps / step_fraction / random_start: PGD settings (4 steps of eps / 3, no random start).
         missing_fill: value of a missing modality's normalised input (0: the data mean).
-        curve_radii: budgets of the accuracy-vs-radius curves (PGD; multi-modal and per modality).
+        curve_radii: increasing budgets of the accuracy-vs-radius curves (PGD continued across the
+            radii, multi-modal and per modality; see ``_BatchAttacks.curve``).
+        curve_steps: PGD steps at a curve radius that continues from a smaller radius's examples
+            (a radius below the table's budget starts from the clean inputs with ``steps`` steps).
         certify: compute estimated certified radii (needs a certifiable model).
         sound_certificate: also compute radii from sound Lipschitz upper bounds.
         audit_samples: how many samples (per rank) the radius audit attacks; 0 turns it off.
@@ -64,7 +67,8 @@ class RobustnessSettings:
     step_fraction: float = 1 / 3
     random_start: bool = False
     missing_fill: float = 0.0
-    curve_radii: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    curve_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
+    curve_steps: int = 2
     certify: bool = True
     sound_certificate: bool = True
     audit_samples: int = 256
@@ -78,15 +82,83 @@ class RobustnessSettings:
         for name in ("multimodal_eps", "unimodal_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.steps < 1 or self.audit_steps < 1:
-            raise ValueError(f"steps and audit_steps must be >= 1, got {self.steps} and {self.audit_steps}")
-        if any(r <= 0 for r in self.curve_radii):
-            raise ValueError(f"curve_radii must be > 0, got {self.curve_radii}")
+        if min(self.steps, self.audit_steps, self.curve_steps) < 1:
+            raise ValueError(
+                f"steps, audit_steps and curve_steps must be >= 1, got {self.steps}, {self.audit_steps}, {self.curve_steps}"
+            )
+        if any(r <= 0 for r in self.curve_radii) or list(self.curve_radii) != sorted(set(self.curve_radii)):
+            raise ValueError(f"curve_radii must be positive and increasing, got {self.curve_radii}")
         if self.audit_samples < 0:
             raise ValueError(f"audit_samples must be >= 0, got {self.audit_samples}")
 
-    def pgd(self, eps: float, modalities: Sequence[int] | None = None) -> L2PGD:
-        return L2PGD(eps, self.steps, self.step_fraction, self.random_start, modalities)
+    def pgd(self, eps: float, modalities: Sequence[int] | None = None, steps: int | None = None) -> L2PGD:
+        return L2PGD(eps, steps or self.steps, self.step_fraction, self.random_start, modalities)
+
+
+class _BatchAttacks:
+    """The attacks of one batch, sharing its clean logits, ascent directions and features.
+
+    Only samples that are classified correctly are attacked (a misclassified sample counts as
+    broken under every attack), as robust-accuracy evaluations usually do.
+    """
+
+    def __init__(self, model, inputs, labels, settings, pixel_ranges, generator) -> None:
+        self.model, self.settings, self.pixel_ranges, self.generator = model, settings, pixel_ranges, generator
+        self.logits, self.gradients = loss_gradients(model, inputs, labels)
+        with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
+            self.inputs = [x.clone() for x in inputs]
+            self.labels = labels.clone()
+            self.features = [model.encode_modality(m, x) for m, x in enumerate(self.inputs)]
+        self.clean = self.logits.argmax(dim=1) == self.labels
+
+    def still_correct(self, adversarial: Sequence[torch.Tensor], attacked: Sequence[int], rows: torch.Tensor) -> torch.Tensor:
+        """(B,) correctness of ``adversarial`` (full inputs), evaluated on ``rows`` only (False elsewhere)."""
+        correct = torch.zeros_like(self.clean)
+        if bool(rows.any()):
+            with torch.inference_mode(False), torch.no_grad(), eval_mode(self.model):
+                subset = [x[rows] for x in adversarial]
+                partial = PartialModel(self.model, subset, attacked, [f[rows] for f in self.features])
+                correct[rows] = partial.logits([subset[m] for m in attacked]).argmax(dim=1) == self.labels[rows]
+        return correct
+
+    def run(
+        self, attack: L2PGD, attacked: Sequence[int], rows: torch.Tensor, start: Sequence[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Attack ``rows`` (from the clean inputs, or from ``start`` full-size adversarial inputs of the
+        attacked modalities); returns (B,) correctness and the full-size adversarial inputs."""
+        adversarial = [x.clone() for x in self.inputs]
+        if bool(rows.any()):
+            subset = [x[rows] for x in self.inputs]
+            result = attack(
+                self.model, subset, self.labels[rows], self.pixel_ranges,
+                clean_gradients=None if start is not None else [self.gradients[m][rows] for m in attacked],
+                start=None if start is None else [s[rows] for s in start],
+                generator=self.generator,
+            )
+            for m in attacked:
+                adversarial[m][rows] = result[m]
+        return self.still_correct(adversarial, attacked, rows), adversarial
+
+    def curve(self, attacked: Sequence[int], table_eps: float, table: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
+        """(B, R) correctness over ``curve_radii``: l2-PGD continued across the increasing radii.
+
+        Each radius starts from the previous radius's adversarial inputs (``curve_steps`` steps;
+        the first, from the clean inputs, takes ``steps``) and attacks only the samples not broken
+        yet, so a sample broken at one radius stays broken at every larger one; at the table's own
+        budget the table's attack is reused.
+        """
+        still, current, columns = self.clean.clone(), None, []
+        for radius in self.settings.curve_radii:
+            if abs(radius - table_eps) < 1e-12:
+                still = still & table[0]
+                current = [table[1][m] for m in attacked]
+            else:
+                steps = self.settings.steps if current is None else self.settings.curve_steps
+                correct, adversarial = self.run(self.settings.pgd(radius, attacked, steps), attacked, still, current)
+                still = still & correct
+                current = [adversarial[m] for m in attacked]
+            columns.append(still.clone())
+        return torch.stack(columns, dim=1) if columns else self.clean.new_zeros((self.clean.shape[0], 0))
 
 
 def evaluate_batch(
@@ -97,44 +169,32 @@ def evaluate_batch(
     pixel_ranges: PixelRanges | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The per-sample records of one batch (see the module docstring)."""
-    logits, gradients = loss_gradients(model, inputs, labels)
-    with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
-        inputs = [x.clone() for x in inputs]
-        labels = labels.clone()
-        features = [model.encode_modality(m, x) for m, x in enumerate(inputs)]
+    """The per-sample records of one batch (see the module docstring).
 
-    def still_correct(adversarial: list[torch.Tensor], attacked: Sequence[int]) -> torch.Tensor:
-        with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
-            partial = PartialModel(model, adversarial, attacked, features)
-            return partial.logits([adversarial[m] for m in attacked]).argmax(dim=1) == labels
+    Runs outside inference mode (Lightning evaluates under it), so that every tensor made here
+    can be updated in place and differentiated.
+    """
+    with torch.inference_mode(False):
+        return _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator)
 
-    def run(attack: L2PGD, attacked: Sequence[int]) -> torch.Tensor:
-        clean_gradients = [gradients[m] for m in attacked]
-        adversarial = attack(model, inputs, labels, pixel_ranges, clean_gradients=clean_gradients, generator=generator)
-        return still_correct(adversarial, attacked)
 
+def _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator) -> dict[str, torch.Tensor]:
+    batch = _BatchAttacks(model, inputs, labels, settings, pixel_ranges, generator)
+    rows = batch.clean
     everything = list(range(len(inputs)))
-    records = {"label": labels, "logits": logits, "clean": logits.argmax(dim=1) == labels}
-    records["fgm"] = run(FGM(settings.multimodal_eps), everything)
-    records["pgd"] = run(settings.pgd(settings.multimodal_eps), everything)
-    records["curve_multimodal"] = _curve(settings, settings.multimodal_eps, records["pgd"], lambda r: run(settings.pgd(r), everything))
+    records = {"label": batch.labels, "logits": batch.logits, "clean": batch.clean}
+    records["fgm"], _ = batch.run(FGM(settings.multimodal_eps), everything, rows)
+    pgd = batch.run(settings.pgd(settings.multimodal_eps), everything, rows)
+    records["pgd"] = pgd[0]
+    records["curve_multimodal"] = batch.curve(everything, settings.multimodal_eps, pgd)
     for m, name in enumerate(model.modalities):
-        records[f"fgm_{name}"] = run(FGM(settings.unimodal_eps, [m]), [m])
-        records[f"pgd_{name}"] = run(settings.pgd(settings.unimodal_eps, [m]), [m])
-        records[f"missing_{name}"] = still_correct(missing_modality(inputs, m, settings.missing_fill), [m])
-        records[f"curve_{name}"] = _curve(
-            settings, settings.unimodal_eps, records[f"pgd_{name}"], lambda r, m=m: run(settings.pgd(r, [m]), [m])
-        )
+        records[f"fgm_{name}"], _ = batch.run(FGM(settings.unimodal_eps, [m]), [m], rows)
+        pgd = batch.run(settings.pgd(settings.unimodal_eps, [m]), [m], rows)
+        records[f"pgd_{name}"] = pgd[0]
+        missing = missing_modality(batch.inputs, m, settings.missing_fill)
+        records[f"missing_{name}"] = batch.still_correct(missing, [m], rows)
+        records[f"curve_{name}"] = batch.curve([m], settings.unimodal_eps, pgd)
     return records
-
-
-def _curve(
-    settings: RobustnessSettings, table_eps: float, table_result: torch.Tensor, attack: Callable[[float], torch.Tensor]
-) -> torch.Tensor:
-    """(B, R) correctness over ``curve_radii``, reusing the table's attack at its own budget."""
-    columns = [table_result if abs(r - table_eps) < 1e-12 else attack(r) for r in settings.curve_radii]
-    return torch.stack(columns, dim=1) if columns else table_result.new_zeros((table_result.shape[0], 0))
 
 
 @dataclass
