@@ -59,8 +59,10 @@ test: $(STAMP) ## run the test suite without the tests marked slow (includes one
 test-full: $(STAMP) ## run every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## benchmarks: tau~ estimator and cached step 2, as speed ratios
+bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2, report vs l2-PGD pass, loader vs training
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.report
+	$(BIN)/python -m benchmarks.loader
 
 clean: ## remove generated data, runs and caches (keeps .venv)
 	rm -rf data runs wandb .pytest_cache

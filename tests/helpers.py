@@ -69,3 +69,9 @@ def fit_tiny(model: LightningModule, data: TensorAVDataModule, epochs: int, **tr
     )
     trainer.fit(model, datamodule=data)
     return model.eval()
+
+
+def validation_batch(data: TensorAVDataModule, size: int = 30) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The first ``size`` validation samples as (inputs in modality order, labels)."""
+    batch = next(iter(DataLoader(data.val_set, batch_size=size)))
+    return [batch["visual"], batch["audio"]], batch["label"]

@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import copy
-from functools import partial
 
 import pytest
 import torch
-from lightning.pytorch import seed_everything
 
 from crmt.robustness.attacks import FGM, L2PGD, PixelRange, joint_norm, loss_gradients, missing_modality, predict
-from crmt.strategies import CRMTJointTraining, JointTraining
-from helpers import TensorAVDataModule, fit_tiny
+from helpers import validation_batch
 
 IMAGENET = PixelRange((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-@pytest.fixture(scope="module")
-def data() -> TensorAVDataModule:
-    return TensorAVDataModule(train_size=48, val_size=30)
-
-
-@pytest.fixture(scope="module")
-def trained_jt(data) -> JointTraining:
-    seed_everything(0)
-    model = JointTraining(3, data.input_shapes, encoder_width=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
-    return fit_tiny(model, data, epochs=10)
-
-
-@pytest.fixture(scope="module")
-def trained_crmt(data) -> CRMTJointTraining:
-    seed_everything(0)
-    model = CRMTJointTraining(
-        3, data.input_shapes, encoder_width=4, step1_epochs=8, step2_epochs=2,
-        optimizer=partial(torch.optim.Adam, lr=1e-2), step2_optimizer=partial(torch.optim.Adam, lr=5e-2),
-    )
-    return fit_tiny(model, data, epochs=10)
-
-
-def validation_batch(data, size: int = 30):
-    batch = next(iter(torch.utils.data.DataLoader(data.val_set, batch_size=size)))
-    return [batch["visual"], batch["audio"]], batch["label"]
 
 
 def valid_pixel_inputs(batch: int = 6):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import seed_everything
 from torch import nn
 
-from crmt.models.encoders import SpectrogramEncoder
 from crmt.robustness.attacks import ascent_direction, predict
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
@@ -19,7 +16,7 @@ from crmt.robustness.certify import certified_radius, unimodal_radius
 from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
 from crmt.robustness.sound import conv_operator_norm_bound, encoder_lipschitz_upper_bound
 from crmt.strategies import CRMTJointTraining, JointTraining
-from helpers import TensorAVDataModule, fit_tiny
+from helpers import validation_batch
 
 
 class LinearEncoder(nn.Module):
@@ -104,33 +101,6 @@ def test_estimator_is_exact_for_linear_encoders_and_radii_match_the_closed_form(
 def predict_logits(model, inputs):
     with torch.no_grad():
         return model(inputs).logits
-
-
-@pytest.fixture(scope="module")
-def data() -> TensorAVDataModule:
-    return TensorAVDataModule(train_size=48, val_size=24)
-
-
-@pytest.fixture(scope="module")
-def trained_jt(data) -> JointTraining:
-    seed_everything(0)
-    model = JointTraining(3, data.input_shapes, encoder_width=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
-    return fit_tiny(model, data, epochs=8)
-
-
-@pytest.fixture(scope="module")
-def trained_crmt(data) -> CRMTJointTraining:
-    seed_everything(0)
-    model = CRMTJointTraining(
-        3, data.input_shapes, encoder_width=4, step1_epochs=6, step2_epochs=2,
-        optimizer=partial(torch.optim.Adam, lr=1e-2), step2_optimizer=partial(torch.optim.Adam, lr=5e-2),
-    )
-    return fit_tiny(model, data, epochs=8)
-
-
-def validation_batch(data, size: int = 24):
-    batch = next(iter(torch.utils.data.DataLoader(data.val_set, batch_size=size)))
-    return [batch["visual"], batch["audio"]], batch["label"]
 
 
 def test_jt_eta_equals_integration_factor_times_tau_computed_by_hand(trained_jt, data):
