@@ -111,7 +111,7 @@ class BatchAndForwardRecorder(Callback):
 
 def test_mixup_trains_on_inputs_mixed_with_the_step_seeded_lambda_and_permutation(tmp_path, tensor_data):
     seed_everything(0)
-    model = MixupTraining(3, SHAPES, encoder_width=4, optimizer=ADAM, mixup_alpha=0.5, seed=7)
+    model = MixupTraining(num_classes=3, input_shapes=SHAPES, encoder_width=4, optimizer=ADAM, mixup_alpha=0.5, seed=7)
     recorder = BatchAndForwardRecorder()
     trainer = make_trainer(2, tmp_path, [recorder])
     trainer.fit(model, datamodule=tensor_data)
@@ -163,7 +163,7 @@ def test_mixup_margin_is_finite_and_correct_for_huge_scores():
 
 def test_crmt_mix_step1_loss_is_mixed_ce_plus_mixed_margin_and_fit_reaches_step2(tmp_path, tensor_data):
     seed_everything(0)
-    model = CRMTMixup(3, SHAPES, encoder_width=4, optimizer=ADAM, rho=1.5, step1_epochs=1, step2_epochs=1, seed=5)
+    model = CRMTMixup(num_classes=3, input_shapes=SHAPES, encoder_width=4, optimizer=ADAM, rho=1.5, step1_epochs=1, step2_epochs=1, seed=5)
     batch = first_batch(tensor_data)
     model.eval()
     loss, parts = model.step1_loss(batch)
@@ -232,7 +232,7 @@ def conv_weight(name: str, grad: torch.Tensor) -> bool:
 
 def run_ogm(tmp_path, tensor_data, epochs: int, **settings) -> GradientRecorder:
     seed_everything(0)
-    model = OGMGE(3, SHAPES, encoder_width=4, optimizer=partial(torch.optim.SGD, lr=0.1), alpha=2.0, **settings)
+    model = OGMGE(num_classes=3, input_shapes=SHAPES, encoder_width=4, optimizer=partial(torch.optim.SGD, lr=0.1), alpha=2.0, **settings)
     recorder = GradientRecorder()
     make_trainer(epochs, tmp_path, [recorder], limit_train_batches=1, limit_val_batches=1).fit(
         model, datamodule=tensor_data
@@ -291,7 +291,7 @@ def test_gb_estimates_weights_every_super_epoch_from_forks_and_blends_the_branch
 ):
     seed_everything(0)
     model = GradientBlending(
-        3, SHAPES, encoder_width=4, optimizer=ADAM, super_epoch=2, estimation_epochs=1, holdout_fraction=0.25
+        num_classes=3, input_shapes=SHAPES, encoder_width=4, optimizer=ADAM, super_epoch=2, estimation_epochs=1, holdout_fraction=0.25
     )
     estimates = []
     estimate = model.estimate_blend
@@ -336,7 +336,7 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, classes: int) -> t
 
 def test_pmr_prototypes_are_class_means_with_momentum_and_pce_only_for_the_weaker_modality(tmp_path, tensor_data):
     seed_everything(0)
-    model = PrototypicalModalRebalance(3, SHAPES, encoder_width=4, optimizer=ADAM, alpha=0.7, momentum=0.25)
+    model = PrototypicalModalRebalance(num_classes=3, input_shapes=SHAPES, encoder_width=4, optimizer=ADAM, alpha=0.7, momentum=0.25)
     trainer = make_trainer(2, tmp_path)
     trainer.fit(model, datamodule=tensor_data)
     assert bool(model.prototypes_ready)
@@ -419,8 +419,8 @@ class EmbeddingsAtSwitch(Callback):
 def test_msefm_minsim_then_exfmem_in_training_and_evaluation(tmp_path, tensor_data):
     seed_everything(0)
     model = MinSimExFMem(
-        3,
-        SHAPES,
+        num_classes=3,
+        input_shapes=SHAPES,
         encoder_width=4,
         optimizer=ADAM,
         similarity_weight=0.5,

@@ -54,3 +54,22 @@ def test_estimator_leaves_parameter_gradients_untouched():
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="'vjp'"):
         score_gradient_norms(lambda x: x, torch.randn(2, 3), "vjp")
+
+
+def test_gram_equals_naive_per_sample_per_class_gradients():
+    torch.manual_seed(0)
+    encoder = trained_bn_encoder(FrameEncoder(3, width=4), (3, 3, 2, 16, 16))
+    weight = torch.randn(4, encoder.out_dim)
+    inputs = torch.randn(3, 3, 2, 16, 16)
+    scores, gram = score_gradient_gram(lambda x: encoder(x) @ weight.T, inputs)
+    assert gram.shape == (3, 4, 4)
+    for i in range(3):
+        gradients = []
+        for k in range(4):
+            x = inputs[i : i + 1].clone().requires_grad_(True)
+            (gradient,) = torch.autograd.grad((encoder(x) @ weight.T)[0, k], x)
+            gradients.append(gradient.flatten())
+        stacked = torch.stack(gradients)
+        torch.testing.assert_close(gram[i], stacked @ stacked.T, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.diagonal(gram, dim1=1, dim2=2).sqrt(), score_gradient_norms(
+        lambda x: encoder(x) @ weight.T, inputs)[1], rtol=1e-4, atol=1e-6)

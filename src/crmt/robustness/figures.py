@@ -23,20 +23,30 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_radius(
-    radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str
+def _line_plot(
+    radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str, x_label: str, y_label: str, step: bool
 ) -> Path:
-    """One line per curve: accuracy (y) at each l2 attack radius (x; 0 is the clean accuracy)."""
+    """One line (or step line) per curve over the radii, accuracy in [0, 1] on the y axis."""
     figure, axis = plt.subplots(figsize=(5.0, 3.6))
     for label, accuracy in curves.items():
-        axis.plot(radii, accuracy, marker="o", label=label)
-    axis.set_xlabel("l2 attack radius")
-    axis.set_ylabel("accuracy")
+        if step:
+            axis.step(radii, accuracy, where="post", label=label)
+        else:
+            axis.plot(radii, accuracy, marker="o", label=label)
+    axis.set_xlabel(x_label)
+    axis.set_ylabel(y_label)
     axis.set_ylim(0.0, 1.02)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, path)
+
+
+def plot_accuracy_vs_radius(
+    radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str
+) -> Path:
+    """One line per curve: accuracy (y) at each l2 attack radius (x; 0 is the clean accuracy)."""
+    return _line_plot(radii, curves, path, title, "l2 attack radius", "accuracy", step=False)
 
 
 def plot_eta_ratio_heatmap(ratio: np.ndarray, pair: str, path: Path) -> Path:
@@ -64,17 +74,8 @@ def plot_eta_ratio_heatmap(ratio: np.ndarray, pair: str, path: Path) -> Path:
 def plot_certified_accuracy(
     radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str
 ) -> Path:
-    """Certified accuracy (fraction correct with radius >= r) against r, one line per certificate."""
-    figure, axis = plt.subplots(figsize=(5.0, 3.6))
-    for label, accuracy in curves.items():
-        axis.step(radii, accuracy, where="post", label=label)
-    axis.set_xlabel("l2 radius r")
-    axis.set_ylabel("certified accuracy")
-    axis.set_ylim(0.0, 1.02)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    return _save(figure, path)
+    """Certified accuracy (fraction correct with radius >= r) against r, one step line per certificate."""
+    return _line_plot(radii, curves, path, title, "l2 radius r", "certified accuracy", step=True)
 
 
 def plot_radius_histogram(radius: np.ndarray, path: Path, title: str, bins: int = 20) -> Path:

@@ -6,10 +6,8 @@ tau~ estimation and step 2 use clean data, as in the paper.
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from crmt.adversarial import adversarial_batch, check_adversary_settings
-from crmt.robustness.lipschitz import GradientMethod
 from crmt.strategies.base import Batch
 from crmt.strategies.crmt import CRMTJointTraining
 
@@ -25,27 +23,15 @@ class CRMTAdversarialTraining(CRMTJointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        rho: float = 2.0,
-        step1_epochs: int = 1,
-        step2_epochs: int = 1,
-        step2_optimizer: OptimizerCallable = torch.optim.Adam,
-        init_integration: float = 1.0,
-        tau_method: GradientMethod = "loop",
+        *,
         at_eps: float = 0.1,
         at_steps: int = 5,
         at_step_fraction: float = 0.2,
         at_random_start: bool = False,
+        **kwargs,
     ) -> None:
         check_adversary_settings(at_eps, at_steps, at_step_fraction)
-        super().__init__(
-            num_classes, input_shapes, encoder_width, optimizer, lr_scheduler, rho, step1_epochs, step2_epochs,
-            step2_optimizer, init_integration, tau_method,
-        )
+        super().__init__(**kwargs)
 
     def step1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hp = self.hparams

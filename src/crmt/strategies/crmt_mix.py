@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from crmt.losses import mixup_margin_regularizer
-from crmt.robustness.lipschitz import GradientMethod
 from crmt.strategies.base import Batch
 from crmt.strategies.crmt import CRMTJointTraining
 from crmt.strategies.mixup import mixed_batch
@@ -25,39 +23,18 @@ class CRMTMixup(CRMTJointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        rho: float = 2.0,
-        step1_epochs: int = 1,
-        step2_epochs: int = 1,
-        step2_optimizer: OptimizerCallable = torch.optim.Adam,
-        init_integration: float = 1.0,
-        tau_method: GradientMethod = "loop",
+        *,
         mixup_alpha: float = 1.0,
         seed: int = 0,
+        **kwargs,
     ) -> None:
         if mixup_alpha <= 0:
             raise ValueError(f"mixup_alpha must be > 0, got {mixup_alpha}")
-        if num_classes < 3:
+        super().__init__(**kwargs)
+        if self.num_classes < 3:
             raise ValueError(
-                f"CRMT-Mix's margin needs num_classes >= 3 (two mixed labels and another), got {num_classes}"
+                f"CRMT-Mix's margin needs num_classes >= 3 (two mixed labels and another), got {self.num_classes}"
             )
-        super().__init__(
-            num_classes,
-            input_shapes,
-            encoder_width,
-            optimizer,
-            lr_scheduler,
-            rho=rho,
-            step1_epochs=step1_epochs,
-            step2_epochs=step2_epochs,
-            step2_optimizer=step2_optimizer,
-            init_integration=init_integration,
-            tau_method=tau_method,
-        )
 
     def step1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """lam CE(y_a) + (1 - lam) CE(y_b) + rho * L1-mix on one mixup batch; returns the loss and its parts."""

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -76,16 +75,13 @@ class GradientBlending(JointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        *,
         super_epoch: int = 10,
         estimation_epochs: int | None = None,
         holdout_fraction: float = 0.1,
         holdout_seed: int = 0,
         epsilon: float = 1e-6,
+        **kwargs,
     ) -> None:
         if super_epoch < 1:
             raise ValueError(f"super_epoch must be >= 1, got {super_epoch}")
@@ -95,9 +91,9 @@ class GradientBlending(JointTraining):
             raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
         if epsilon <= 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
+        super().__init__(**kwargs)
         self.unimodal_heads = nn.ModuleList(
-            nn.Linear(encoder.out_dim, num_classes) for encoder in self.encoders.values()
+            nn.Linear(encoder.out_dim, self.num_classes) for encoder in self.encoders.values()
         )
         self.branch_names = [*self.modalities, "fused"]
         self.register_buffer("blend", torch.full((len(self.branch_names),), 1.0 / len(self.branch_names)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from crmt.mixing import MixedBatch, mix_inputs
 from crmt.seeding import step_generator
@@ -26,17 +25,14 @@ class MixupTraining(JointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        *,
         mixup_alpha: float = 1.0,
         seed: int = 0,
+        **kwargs,
     ) -> None:
         if mixup_alpha <= 0:
             raise ValueError(f"mixup_alpha must be > 0, got {mixup_alpha}")
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
+        super().__init__(**kwargs)
 
     def training_step(self, batch: Batch, batch_idx: int):
         mixed = mixed_batch(self, batch, self.hparams.mixup_alpha, self.hparams.seed)

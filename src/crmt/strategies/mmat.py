@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from crmt.adversarial import adversarial_batch, check_adversary_settings
 from crmt.strategies.base import Batch
@@ -21,18 +19,15 @@ class MultiModalAdversarialTraining(JointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        *,
         at_eps: float = 0.1,
         at_steps: int = 5,
         at_step_fraction: float = 0.2,
         at_random_start: bool = False,
+        **kwargs,
     ) -> None:
         check_adversary_settings(at_eps, at_steps, at_step_fraction)
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
+        super().__init__(**kwargs)
 
     def training_step(self, batch: Batch, batch_idx: int):
         hp = self.hparams

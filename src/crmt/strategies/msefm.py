@@ -16,7 +16,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
 from crmt.robustness.modes import eval_mode
@@ -79,11 +78,7 @@ class MinSimExFMem(JointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        *,
         similarity_weight: float = 1.0,
         step1_epochs: int = 1,
         step2_epochs: int = 1,
@@ -91,6 +86,7 @@ class MinSimExFMem(JointTraining):
         sparsity: float = 0.1,
         ista_iterations: int = 200,
         kappa: float = 0.5,
+        **kwargs,
     ) -> None:
         if step1_epochs < 0 or step2_epochs < 0:
             raise ValueError(f"step1_epochs and step2_epochs must be >= 0, got {step1_epochs}, {step2_epochs}")
@@ -100,7 +96,7 @@ class MinSimExFMem(JointTraining):
             raise ValueError(f"sparsity must be >= 0, got {sparsity}")
         if not 0 <= kappa <= 1:
             raise ValueError(f"kappa must be in [0, 1], got {kappa}")
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
+        super().__init__(**kwargs)
         dims = {encoder.out_dim for encoder in self.encoders.values()}
         if len(dims) != 1:
             raise ValueError(f"MinSim compares embeddings of equal size; the encoders give {sorted(dims)}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from crmt.seeding import step_generator
 from crmt.strategies.base import Batch
@@ -54,16 +53,13 @@ class OGMGE(JointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        *,
         alpha: float = 0.1,
         modulation_starts: int = 0,
         modulation_ends: int = 50,
         ogm_ge: bool = True,
         seed: int = 0,
+        **kwargs,
     ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -71,7 +67,7 @@ class OGMGE(JointTraining):
             raise ValueError(
                 f"need 0 <= modulation_starts <= modulation_ends, got {modulation_starts} and {modulation_ends}"
             )
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
+        super().__init__(**kwargs)
         self.register_buffer("coefficients", torch.ones(len(self.modalities)), persistent=False)
 
     def in_modulation_window(self) -> bool:

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from crmt.robustness.modes import eval_mode
 from crmt.strategies.base import Batch
@@ -49,16 +48,13 @@ class PrototypicalModalRebalance(JointTraining):
 
     def __init__(
         self,
-        num_classes: int,
-        input_shapes: dict[str, list[int]] | None = None,
-        encoder_width: int = 64,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        *,
         alpha: float = 1.0,
         momentum: float = 0.2,
         prototype_fraction: float = 0.1,
         modulation_starts: int = 0,
         modulation_ends: int = 100,
+        **kwargs,
     ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -70,9 +66,9 @@ class PrototypicalModalRebalance(JointTraining):
             raise ValueError(
                 f"need 0 <= modulation_starts <= modulation_ends, got {modulation_starts} and {modulation_ends}"
             )
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
+        super().__init__(**kwargs)
         for name, encoder in self.encoders.items():
-            self.register_buffer(f"prototypes_{name}", torch.zeros(num_classes, encoder.out_dim))
+            self.register_buffer(f"prototypes_{name}", torch.zeros(self.num_classes, encoder.out_dim))
         self.register_buffer("prototypes_ready", torch.tensor(False))
 
     def prototypes(self, m: int) -> torch.Tensor:
