@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from data_modules.clips import BadClipPolicy, ClipPipeline, ClipSettings, MediaDataModule
 from data_modules.manifest import ClipRecord
+from data_modules.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaIndex, clip_record
 from data_modules.splits import SplitEntry, hold_out
 
 
@@ -13,7 +15,8 @@ class SplitListDataModule(MediaDataModule):
     """A :class:`MediaDataModule` whose clips come from a dataset's own split lists.
 
     Subclasses implement :meth:`split_entries` (``train`` and ``test``, and ``val`` when the
-    dataset has one) and :meth:`find_media` (entries -> records with their media files). Without
+    dataset has one) and may redirect :meth:`media_folders` or give :meth:`clip_aliases`, which
+    :meth:`find_media` uses to find each entry's files. Without
     a validation list, ``val_fraction > 0`` holds out that fraction of each training class
     (seeded by ``seed``); ``val_fraction = 0`` validates on the test list, as the official CRMT
     code does (it picks checkpoints on test: keep that in mind when reporting).
@@ -44,6 +47,7 @@ class SplitListDataModule(MediaDataModule):
             cache_dir=cache_dir,
         )
         self.root = Path(root)
+        self.audio_root: Path | None = None
         self.val_fraction = val_fraction
         self._records: list[ClipRecord] | None = None
 
@@ -55,9 +59,24 @@ class SplitListDataModule(MediaDataModule):
         """The entries of the dataset's lists, by split."""
         raise NotImplementedError
 
+    def media_folders(self) -> tuple[Path, Path | None]:
+        """The folder of the videos and, when the audio comes from separate files, of the audio."""
+        return self.root, self.audio_root
+
+    def clip_aliases(self, name: str) -> tuple[str, ...]:
+        """Other file names clip ``name`` may have; none by default."""
+        return ()
+
     def find_media(self, entries: dict[str, list[SplitEntry]]) -> list[ClipRecord]:
-        """One record per entry (in order), with the media files found under ``root``."""
-        raise NotImplementedError
+        """One record per entry (in order), with the media files found under :meth:`media_folders`."""
+        video_folder, audio_folder = self.media_folders()
+        videos = MediaIndex(video_folder, VIDEO_EXTENSIONS)
+        audio = MediaIndex(audio_folder, AUDIO_EXTENSIONS) if audio_folder is not None else None
+        return [
+            clip_record(entry.name, entry.label, split, videos, audio=audio, aliases=self.clip_aliases(entry.name))
+            for split, split_entries in entries.items()
+            for entry in split_entries
+        ]
 
     def read_records(self) -> list[ClipRecord]:
         """The records of every split (read once; the media folder is walked once)."""
@@ -72,33 +91,63 @@ class SplitListDataModule(MediaDataModule):
         return self._records
 
 
-def audio_visual_settings(
-    *,
-    sample_rate: int,
-    num_mel_bins: int,
-    audio_frames: int,
-    audio_mean: float,
-    audio_std: float,
-    audio_std_factor: float,
-    fps: float | None,
-    num_frames: int,
-    frame_size: int,
-    visual_mean: tuple[float, float, float],
-    visual_std: tuple[float, float, float],
-    augment: bool,
-) -> ClipSettings:
-    """:class:`ClipSettings` from a data module's flat arguments (YAML gives lists, not tuples)."""
-    return ClipSettings(
-        sample_rate=sample_rate,
-        num_mel_bins=num_mel_bins,
-        audio_frames=audio_frames,
-        audio_mean=audio_mean,
-        audio_std=audio_std,
-        audio_std_factor=audio_std_factor,
-        fps=fps,
-        num_frames=num_frames,
-        frame_size=frame_size,
-        visual_mean=tuple(visual_mean),
-        visual_std=tuple(visual_std),
-        augment=augment,
-    )
+class AudioVisualSplitListDataModule(SplitListDataModule):
+    """The common constructor of the audio + vision datasets (Kinetics-Sounds, VGGSound, CREMA-D).
+
+    Defaults are the paper's inputs: frames at 1 fps, 3 per clip (random per segment, cropped and
+    flipped for training; centred for evaluation), 224 x 224, ImageNet normalisation; a 128-bin
+    Kaldi fbank (10 ms shift) padded / cut to 1024 frames, normalised with mean -4.503877 and
+    ``audio_std_factor * audio_std`` = 2 x 5.141276, as the official code divides by twice the
+    std. See :class:`~data_modules.clips.ClipSettings`. Subclasses give ``num_classes`` and
+    their own split and media arguments, and pass the rest through ``**kwargs``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        num_classes: int,
+        val_fraction: float = 0.0,
+        cache_dir: str | None = "data/cache",
+        batch_size: int = 64,
+        num_workers: int = 4,
+        sample_rate: int = 16000,
+        num_mel_bins: int = 128,
+        audio_frames: int = 1024,
+        audio_mean: float = -4.503877,
+        audio_std: float = 5.141276,
+        audio_std_factor: float = 2.0,
+        fps: float | None = 1.0,
+        num_frames: int = 3,
+        frame_size: int = 224,
+        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        augment: bool = True,
+        on_bad_clip: Literal["raise", "skip"] = "raise",
+        seed: int = 0,
+    ) -> None:
+        settings = ClipSettings(
+            sample_rate=sample_rate,
+            num_mel_bins=num_mel_bins,
+            audio_frames=audio_frames,
+            audio_mean=audio_mean,
+            audio_std=audio_std,
+            audio_std_factor=audio_std_factor,
+            fps=fps,
+            num_frames=num_frames,
+            frame_size=frame_size,
+            visual_mean=tuple(visual_mean),  # YAML gives lists
+            visual_std=tuple(visual_std),
+            augment=augment,
+        )
+        super().__init__(
+            root=root,
+            num_classes=num_classes,
+            settings=settings,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            on_bad_clip=on_bad_clip,
+            seed=seed,
+            cache_dir=cache_dir,
+        )

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from data_modules.flow import FLOW_BOUND, FLOW_MEAN, FLOW_STD
-from data_modules.manifest import ClipRecord
-from data_modules.media import VIDEO_EXTENSIONS, MediaIndex, clip_record
 from data_modules.rgb_flow import IMAGENET_MEAN, IMAGENET_STD, RgbFlowSettings
 from data_modules.split_lists import SplitListDataModule
 from data_modules.splits import SplitEntry, read_ucf101_classes, read_ucf101_split
@@ -79,11 +77,3 @@ class UCF101DataModule(SplitListDataModule):
 
     def split_entries(self) -> dict[str, list[SplitEntry]]:
         return {part: read_ucf101_split(self.splits_dir, self.split, part, self.classes) for part in ("train", "test")}
-
-    def find_media(self, entries: dict[str, list[SplitEntry]]) -> list[ClipRecord]:
-        videos = MediaIndex(self.root, VIDEO_EXTENSIONS)
-        return [
-            clip_record(entry.name, entry.label, split, videos)
-            for split, split_entries in entries.items()
-            for entry in split_entries
-        ]

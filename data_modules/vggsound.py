@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
 
-from data_modules.manifest import ClipRecord
-from data_modules.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, YOUTUBE_ID_LENGTH, MediaIndex, clip_record
-from data_modules.split_lists import SplitListDataModule, audio_visual_settings
+from data_modules.media import YOUTUBE_ID_LENGTH
+from data_modules.split_lists import AudioVisualSplitListDataModule
 from data_modules.splits import SplitEntry, read_vggsound_csv
 
 CLIP_SECONDS = 10
@@ -20,7 +19,7 @@ def vggsound_aliases(name: str) -> tuple[str, ...]:
     return f"{youtube_id}_{start}", f"{youtube_id}_{start:06d}_{start + CLIP_SECONDS:06d}"
 
 
-class VGGSoundDataModule(SplitListDataModule):
+class VGGSoundDataModule(AudioVisualSplitListDataModule):
     """VGGSound clips under ``root`` with the classes and splits of ``annotations`` (``vggsound.csv``).
 
     Classes are the csv's label texts sorted alphabetically (309 for the official file; the
@@ -38,63 +37,17 @@ class VGGSoundDataModule(SplitListDataModule):
         self,
         root: str,
         annotations: str,
-        val_fraction: float = 0.0,
+        *,
         audio_root: str | None = None,
-        cache_dir: str | None = "data/cache",
-        batch_size: int = 64,
-        num_workers: int = 4,
-        sample_rate: int = 16000,
-        num_mel_bins: int = 128,
-        audio_frames: int = 1024,
-        audio_mean: float = -4.503877,
-        audio_std: float = 5.141276,
-        audio_std_factor: float = 2.0,
-        fps: float | None = 1.0,
-        num_frames: int = 3,
-        frame_size: int = 224,
-        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        augment: bool = True,
-        on_bad_clip: Literal["raise", "skip"] = "raise",
-        seed: int = 0,
+        **kwargs,
     ) -> None:
         self.classes, self.entries = read_vggsound_csv(annotations)
-        settings = audio_visual_settings(
-            sample_rate=sample_rate,
-            num_mel_bins=num_mel_bins,
-            audio_frames=audio_frames,
-            audio_mean=audio_mean,
-            audio_std=audio_std,
-            audio_std_factor=audio_std_factor,
-            fps=fps,
-            num_frames=num_frames,
-            frame_size=frame_size,
-            visual_mean=visual_mean,
-            visual_std=visual_std,
-            augment=augment,
-        )
-        super().__init__(
-            root=root,
-            num_classes=len(self.classes),
-            settings=settings,
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            on_bad_clip=on_bad_clip,
-            seed=seed,
-            cache_dir=cache_dir,
-        )
+        super().__init__(root=root, num_classes=len(self.classes), **kwargs)
         self.save_hyperparameters()
-        self.audio_root = audio_root
+        self.audio_root = Path(audio_root) if audio_root else None
 
     def split_entries(self) -> dict[str, list[SplitEntry]]:
         return {split: list(entries) for split, entries in self.entries.items()}
 
-    def find_media(self, entries: dict[str, list[SplitEntry]]) -> list[ClipRecord]:
-        videos = MediaIndex(self.root, VIDEO_EXTENSIONS)
-        audio = MediaIndex(self.audio_root, AUDIO_EXTENSIONS) if self.audio_root else None
-        return [
-            clip_record(entry.name, entry.label, split, videos, audio=audio, aliases=vggsound_aliases(entry.name))
-            for split, split_entries in entries.items()
-            for entry in split_entries
-        ]
+    def clip_aliases(self, name: str) -> tuple[str, ...]:
+        return vggsound_aliases(name)
