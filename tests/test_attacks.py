@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from crmt.robustness.attacks import FGM, L2PGD, PixelRange, joint_norm, loss_gradients, missing_modality, predict
+from crmt.robustness.attacks import FGM, L2PGD, PixelRange, clean_pass, joint_norm, missing_modality, predict
 from helpers import validation_batch
 
 IMAGENET = PixelRange((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -89,7 +89,7 @@ def test_attacks_leave_parameters_gradients_mode_and_inputs_untouched(trained_jt
     originals = [x.clone() for x in inputs]
     for attack in (FGM(0.5), L2PGD(0.5), L2PGD(1.0, modalities=[1])):
         attack(model, inputs, labels)
-    loss_gradients(model, inputs, labels)
+    clean_pass(model, inputs, labels)
     assert model.training, "the model's training mode is restored"
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), f"{name} changed (batch norm statistics must not move)"
@@ -113,7 +113,7 @@ def test_per_sample_budgets_and_reused_clean_gradients(trained_jt, data):
     budgets = torch.linspace(0.05, 2.0, 8)
     adversarial = L2PGD(1.0)(trained_jt, inputs, labels, eps=budgets)
     assert (joint_norm([a - x for a, x in zip(adversarial, inputs)]) <= budgets + 1e-5).all()
-    _, gradients = loss_gradients(trained_jt, inputs, labels)
+    gradients = clean_pass(trained_jt, inputs, labels).gradients
     reused = L2PGD(0.5)(trained_jt, inputs, labels, clean_gradients=gradients)
     for a, b in zip(reused, L2PGD(0.5)(trained_jt, inputs, labels)):
         torch.testing.assert_close(a, b)

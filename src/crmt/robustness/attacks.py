@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +170,7 @@ class L2PGD:
         """Adversarial inputs.
 
         ``clean_gradients``: the loss gradient of each attacked modality at the clean inputs, when
-        already known (see :func:`loss_gradients`); it saves the first backward pass of a run
+        already known (see :func:`clean_pass`); it saves the first backward pass of a run
         without random start. ``start``: adversarial inputs of the attacked modalities to continue
         from (projected into this attack's ball), e.g. those of a smaller budget; it replaces the
         random start. ``generator`` draws the random start.
@@ -248,17 +249,27 @@ def _ascent_gradients(logits: torch.Tensor, labels: torch.Tensor, x: Sequence[to
     return [g.detach() for g in torch.autograd.grad(surrogate, list(x))]
 
 
-def loss_gradients(model, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Clean logits (B, K) and the cross-entropy's ascent direction w.r.t. every input, in one pass.
+class CleanPass(NamedTuple):
+    """One forward and backward pass at the clean inputs: ``logits`` (B, K), the cross-entropy's
+    ascent direction w.r.t. every input (``gradients``) and every modality's ``features``."""
+
+    logits: torch.Tensor
+    gradients: list[torch.Tensor]
+    features: list[torch.Tensor]
+
+
+def clean_pass(model, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> CleanPass:
+    """Logits, input gradients and features at the clean inputs, from one forward and one backward.
 
     Each sample's gradient is exact up to a positive factor (see :func:`ascent_direction`), which
     is all a normalised attack step uses.
     """
     with eval_mode(model), input_gradients():
         x = [t.detach().clone().requires_grad_(True) for t in inputs]
-        logits = model(x).logits
+        features = [model.encode_modality(m, xm) for m, xm in enumerate(x)]
+        logits = model.fuse(features).logits
         gradients = _ascent_gradients(logits, labels.clone(), x)
-    return logits.detach(), gradients
+    return CleanPass(logits.detach(), gradients, [f.detach() for f in features])
 
 
 def _loss_gradients(partial: PartialModel, current: list[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
@@ -283,12 +294,7 @@ def missing_modality(inputs: Sequence[torch.Tensor], modality: int, fill: float 
     return result
 
 
-def clean_logits(model, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Logits (B, K) in evaluation mode, without gradients."""
-    with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
-        return model([x.clone() for x in inputs]).logits
-
-
 def predict(model, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Predicted classes (B,) in evaluation mode."""
-    return clean_logits(model, inputs).argmax(dim=1)
+    """Predicted classes (B,) in evaluation mode, without gradients."""
+    with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
+        return model([x.clone() for x in inputs]).logits.argmax(dim=1)

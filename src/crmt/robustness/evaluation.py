@@ -27,8 +27,7 @@ from crmt.robustness.attacks import (
     L2PGD,
     PartialModel,
     PixelRanges,
-    clean_logits,
-    loss_gradients,
+    clean_pass,
     missing_modality,
 )
 from crmt.robustness.audit import audit_radii
@@ -104,11 +103,9 @@ class _BatchAttacks:
 
     def __init__(self, model, inputs, labels, settings, pixel_ranges, generator) -> None:
         self.model, self.settings, self.pixel_ranges, self.generator = model, settings, pixel_ranges, generator
-        self.logits, self.gradients = loss_gradients(model, inputs, labels)
-        with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
-            self.inputs = [x.clone() for x in inputs]
-            self.labels = labels.clone()
-            self.features = [model.encode_modality(m, x) for m, x in enumerate(self.inputs)]
+        self.logits, self.gradients, self.features = clean_pass(model, inputs, labels)
+        self.inputs = [x.clone() for x in inputs]
+        self.labels = labels.clone()
         self.clean = self.logits.argmax(dim=1) == self.labels
 
     def still_correct(self, adversarial: Sequence[torch.Tensor], attacked: Sequence[int], rows: torch.Tensor) -> torch.Tensor:
@@ -294,6 +291,7 @@ class RobustnessEvaluator:
         self.chunks: dict[str, list[torch.Tensor]] = {}
         self.audit_inputs: list[list[torch.Tensor]] = []
         self.audit_labels: list[torch.Tensor] = []
+        self.audit_logits: list[torch.Tensor] = []
         self.estimator: LipschitzEstimator | None = None
         self.certifying = settings.certify and getattr(model, "certifiable", False)
         if self.certifying and model.known_pair_lipschitz() is None:
@@ -305,7 +303,8 @@ class RobustnessEvaluator:
 
     def update(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
         """Evaluate one batch (inputs in the model's modality order, labels (B,))."""
-        for key, value in evaluate_batch(self.model, inputs, labels, self.settings, self.pixel_ranges, self.generator).items():
+        records = evaluate_batch(self.model, inputs, labels, self.settings, self.pixel_ranges, self.generator)
+        for key, value in records.items():
             self.chunks.setdefault(key, []).append(value.detach())
         if self.estimator is not None:
             self.estimator.update(inputs)
@@ -314,6 +313,7 @@ class RobustnessEvaluator:
             with torch.inference_mode(False):
                 self.audit_inputs.append([x[:room].detach().clone() for x in inputs])
                 self.audit_labels.append(labels[:room].detach().clone())
+                self.audit_logits.append(records["logits"][:room])
 
     def finalize(self, all_gather: AllGather | None = None, reduce_max: ReduceMax | None = None) -> RobustnessResults:
         """Gather every rank's records, certify and audit. Every rank must call it (collectives)."""
@@ -353,8 +353,7 @@ class RobustnessEvaluator:
     def _audit(self, table: torch.Tensor, all_gather: AllGather | None) -> dict[str, int]:
         """Attack this rank's stored samples just inside their radii; counts summed over ranks."""
         eligible_count = violated_count = 0
-        for inputs, labels in zip(self.audit_inputs, self.audit_labels, strict=True):
-            logits = clean_logits(self.model, inputs)
+        for inputs, labels, logits in zip(self.audit_inputs, self.audit_labels, self.audit_logits, strict=True):
             radius = certified_radius(logits, labels, table.to(logits.device))
             eligible, violated = audit_radii(
                 self.model, inputs, labels, radius, self.pixel_ranges,
