@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crmt.robustness.attacks import ascent_direction, predict
+from crmt.robustness.attacks import ascent_direction, clean_pass, predict
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
 from crmt.robustness.certify import certified_radius, unimodal_radius
@@ -124,6 +124,22 @@ def test_jt_eta_equals_integration_factor_times_tau_computed_by_hand(trained_jt,
                     (gradient,) = torch.autograd.grad(zeta.sum(), x)
                     tau = max(tau, gradient.norm().item())
                 torch.testing.assert_close(table[m, y, j].item(), (c * tau).item(), rtol=1e-4, atol=1e-6)
+
+
+def test_estimator_clean_pass_equals_the_attacks_clean_pass_and_folds_the_batch(trained_jt, trained_crmt, data):
+    """The loss gradients rebuilt from the score gradients are those of a backward pass of their own."""
+    inputs, labels = validation_batch(data, size=6)
+    for model in (trained_jt, trained_crmt):
+        estimator = LipschitzEstimator(model)
+        shared = estimator.clean_pass(inputs, labels)
+        separate = clean_pass(model, inputs, labels)
+        torch.testing.assert_close(shared.logits, separate.logits)
+        for a, b in zip(shared.gradients + shared.features, separate.gradients + separate.features):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        alone = LipschitzEstimator(model)
+        alone.update(inputs)
+        torch.testing.assert_close(estimator.pair_lipschitz(), alone.pair_lipschitz())
+        assert estimator.samples == alone.samples == 6
 
 
 def test_estimator_leaves_parameter_gradients_untouched(trained_crmt, data):

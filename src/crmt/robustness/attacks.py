@@ -165,6 +165,7 @@ class L2PGD:
         eps: float | torch.Tensor | None = None,
         clean_gradients: Sequence[torch.Tensor] | None = None,
         start: Sequence[torch.Tensor] | None = None,
+        features: Sequence[torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> list[torch.Tensor]:
         """Adversarial inputs.
@@ -173,7 +174,9 @@ class L2PGD:
         already known (see :func:`clean_pass`); it saves the first backward pass of a run
         without random start. ``start``: adversarial inputs of the attacked modalities to continue
         from (projected into this attack's ball), e.g. those of a smaller budget; it replaces the
-        random start. ``generator`` draws the random start.
+        random start. ``features``: every modality's features at the clean inputs, when already
+        known; those of the modalities not attacked are then not recomputed. ``generator`` draws
+        the random start.
         """
         attacked = list(range(len(inputs))) if self.modalities is None else self.modalities
         ranges = list(pixel_ranges) if pixel_ranges is not None else [None] * len(inputs)
@@ -183,7 +186,7 @@ class L2PGD:
             labels = labels.clone()
             budget = _per_sample(self.eps if eps is None else eps, clean[0])
             step = budget * self.step_fraction
-            partial = PartialModel(model, [x.detach().clone() for x in inputs], attacked)
+            partial = PartialModel(model, [x.detach().clone() for x in inputs], attacked, features)
             if start is None:
                 delta = self._start(clean, budget, generator)
             else:
@@ -275,6 +278,15 @@ def clean_pass(model, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> C
 def _loss_gradients(partial: PartialModel, current: list[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
     x = [t.detach().requires_grad_(True) for t in current]
     return _ascent_gradients(partial.logits(x), labels, x)
+
+
+def rescaled(clean: Sequence[torch.Tensor], adversarial: Sequence[torch.Tensor], radius: torch.Tensor) -> list[torch.Tensor]:
+    """``clean`` plus the perturbation ``adversarial - clean`` rescaled to joint l2 norm ``radius`` (B,)
+    (a zero perturbation stays zero): the start of an attack continued at another budget."""
+    delta = [a - c for c, a in zip(clean, adversarial, strict=True)]
+    norm = joint_norm(delta)
+    factor = torch.where(norm > 0, radius / _safe_norm(norm), torch.zeros_like(norm))
+    return [c + _broadcast(factor, d) * d for c, d in zip(clean, delta, strict=True)]
 
 
 def _project(delta: list[torch.Tensor], budget: torch.Tensor) -> list[torch.Tensor]:

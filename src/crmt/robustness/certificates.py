@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from crmt.robustness.attacks import CleanPass, ascent_direction
 from crmt.robustness.certify import linear_pair_lipschitz, orthogonal_pair_lipschitz
-from crmt.robustness.lipschitz import score_gradient_gram, score_gradient_norms
+from crmt.robustness.lipschitz import score_input_gradients
 from crmt.robustness.modes import eval_mode, input_gradients
 
 
@@ -58,19 +59,46 @@ class LipschitzEstimator:
 
     def update(self, inputs: Sequence[torch.Tensor]) -> None:
         """Fold in one batch: ``inputs`` in the model's modality order."""
+        with eval_mode(self.model), input_gradients():
+            for m, tensor in enumerate(inputs):
+                x = tensor.detach().clone().requires_grad_(True)
+                self._fold(m, self.model.encode_modality(m, x), x)
+        self.samples += int(inputs[0].shape[0])
+
+    def clean_pass(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> CleanPass:
+        """Fold in one batch and return its :func:`~crmt.robustness.attacks.clean_pass` from the same
+        backward passes, without one of its own.
+
+        With logits ``sum_m A^(m) * s^(m) + b``, the loss ascent direction d (B, K) gives the
+        gradient w.r.t. x^(m) as ``sum_k d_k A_k^(m) g_k^(m)``, g the score gradients folded in.
+        """
         model = self.model
         with eval_mode(model), input_gradients():
+            x = [t.detach().clone().requires_grad_(True) for t in inputs]
+            features = [model.encode_modality(m, xm) for m, xm in enumerate(x)]
+            with torch.no_grad():
+                logits = model.fuse(features).logits
+            direction = ascent_direction(logits, labels)
             integration = model.head.integration_weights().detach()
-            for m, x in enumerate(inputs):
-                score_fn = score_function(model, m)
-                if self.per_class:
-                    _, norms = score_gradient_norms(score_fn, x.clone())
-                    self.raw[m] = torch.maximum(self.raw[m], norms.max(dim=0).values)
-                else:
-                    _, gram = score_gradient_gram(score_fn, x.clone())
-                    pairs = linear_pair_lipschitz(integration[m : m + 1], gram[:, None])[:, 0]
-                    self.raw[m] = torch.maximum(self.raw[m], pairs.max(dim=0).values)
-        self.samples += int(inputs[0].shape[0])
+            gradients = [
+                torch.einsum("bk,bk...->b...", direction * integration[m], self._fold(m, features[m], x[m]))
+                for m in range(len(x))
+            ]
+        self.samples += int(labels.shape[0])
+        return CleanPass(logits, gradients, [f.detach() for f in features])
+
+    def _fold(self, m: int, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Fold modality m's score gradients (B, K, ...) into the running max and return them."""
+        gradients = score_input_gradients(features, inputs, self.model.head.modality_weights()[m].detach())
+        flat = gradients.flatten(2)
+        if self.per_class:
+            self.raw[m] = torch.maximum(self.raw[m], flat.norm(dim=2).max(dim=0).values)
+        else:
+            gram = flat @ flat.transpose(1, 2)
+            integration = self.model.head.integration_weights().detach()
+            pairs = linear_pair_lipschitz(integration[m : m + 1], gram[:, None])[:, 0]
+            self.raw[m] = torch.maximum(self.raw[m], pairs.max(dim=0).values)
+        return gradients
 
     def pair_lipschitz(self, reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The (M, K, K) table; ``reduce_max`` max-reduces the raw estimate across ranks first."""

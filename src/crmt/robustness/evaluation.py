@@ -5,8 +5,11 @@
 use it. Per batch it computes the clean logits and the loss gradient of every input once,
 and reuses them: they give the clean accuracy, every FGM (multi-modal and uni-modal: a
 modality's FGM direction is its part of the joint gradient) and the first step of every PGD
-without random start. Uni-modal attacks run only the attacked encoder; the other modalities'
-features are computed once.
+without random start; when the Lipschitz table is estimated over the evaluated samples, the
+estimator's score gradients give them without a backward pass of their own. Uni-modal attacks
+run only the attacked encoder; the other modalities' features are computed once. The curves
+continue from the table's attacks (see ``_BatchAttacks.curve``) and the radius audit from the
+multi-modal PGD's examples.
 
 Only correctly classified samples are attacked. Records (per sample): ``label``, ``logits``
 (K,), and one bool per attack, True where the attacked sample is still classified correctly: ``clean``, ``fgm``, ``pgd`` (multi-modal),
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -29,6 +33,7 @@ from crmt.robustness.attacks import (
     PixelRanges,
     clean_pass,
     missing_modality,
+    rescaled,
 )
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
@@ -48,13 +53,13 @@ class RobustnessSettings:
         steps / step_fraction / random_start: PGD settings (4 steps of eps / 3, no random start).
         missing_fill: value of a missing modality's normalised input (0: the data mean).
         curve_radii: increasing budgets of the accuracy-vs-radius curves (PGD continued across the
-            radii, multi-modal and per modality; see ``_BatchAttacks.curve``).
-        curve_steps: PGD steps at a curve radius that continues from a smaller radius's examples
-            (a radius below the table's budget starts from the clean inputs with ``steps`` steps).
+            radii from the table's attack, multi-modal and per modality; see ``_BatchAttacks.curve``).
+        curve_steps: PGD steps at each curve radius other than the table's budget.
         certify: compute estimated certified radii (needs a certifiable model).
         sound_certificate: also compute radii from sound Lipschitz upper bounds.
         audit_samples: how many samples (per rank) the radius audit attacks; 0 turns it off.
-        audit_steps / audit_fraction: PGD steps and budget (fraction of the radius) of the audit.
+        audit_steps / audit_fraction: PGD steps and budget (fraction of the radius) of the audit,
+            which starts from the multi-modal table attack's example projected into that budget.
         audit_sound: audit the sound radii too (they must show no violation).
         radius_grid: radii at which certified accuracy is reported.
         seed: seeds random starts.
@@ -71,7 +76,7 @@ class RobustnessSettings:
     certify: bool = True
     sound_certificate: bool = True
     audit_samples: int = 256
-    audit_steps: int = 10
+    audit_steps: int = 6
     audit_fraction: float = 0.99
     audit_sound: bool = False
     radius_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -101,9 +106,10 @@ class _BatchAttacks:
     broken under every attack), as robust-accuracy evaluations usually do.
     """
 
-    def __init__(self, model, inputs, labels, settings, pixel_ranges, generator) -> None:
+    def __init__(self, model, inputs, labels, settings, pixel_ranges, generator, estimator) -> None:
         self.model, self.settings, self.pixel_ranges, self.generator = model, settings, pixel_ranges, generator
-        self.logits, self.gradients, self.features = clean_pass(model, inputs, labels)
+        clean = estimator.clean_pass(inputs, labels) if estimator is not None else clean_pass(model, inputs, labels)
+        self.logits, self.gradients, self.features = clean
         self.inputs = [x.clone() for x in inputs]
         self.labels = labels.clone()
         self.clean = self.logits.argmax(dim=1) == self.labels
@@ -119,17 +125,25 @@ class _BatchAttacks:
         return correct
 
     def run(
-        self, attack: L2PGD, attacked: Sequence[int], rows: torch.Tensor, start: Sequence[torch.Tensor] | None = None
+        self,
+        attack: L2PGD,
+        attacked: Sequence[int],
+        rows: torch.Tensor,
+        start: Sequence[torch.Tensor] | None = None,
+        eps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Attack ``rows`` (from the clean inputs, or from ``start`` full-size adversarial inputs of the
-        attacked modalities); returns (B,) correctness and the full-size adversarial inputs."""
+        attacked modalities; with the attack's budget or a (B,) ``eps``); returns (B,) correctness
+        and the full-size adversarial inputs."""
         adversarial = [x.clone() for x in self.inputs]
         if bool(rows.any()):
             subset = [x[rows] for x in self.inputs]
             result = attack(
                 self.model, subset, self.labels[rows], self.pixel_ranges,
+                eps=None if eps is None else eps[rows],
                 clean_gradients=None if start is not None else [self.gradients[m][rows] for m in attacked],
                 start=None if start is None else [s[rows] for s in start],
+                features=[f[rows] for f in self.features],
                 generator=self.generator,
             )
             for m in attacked:
@@ -137,25 +151,57 @@ class _BatchAttacks:
         return self.still_correct(adversarial, attacked, rows), adversarial
 
     def curve(self, attacked: Sequence[int], table_eps: float, table: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
-        """(B, R) correctness over ``curve_radii``: l2-PGD continued across the increasing radii.
+        """(B, R) correctness over ``curve_radii``: l2-PGD continued from the table's attack at ``table_eps``.
 
-        Each radius starts from the previous radius's adversarial inputs (``curve_steps`` steps;
-        the first, from the clean inputs, takes ``steps``) and attacks only the samples not broken
-        yet, so a sample broken at one radius stays broken at every larger one; at the table's own
-        budget the table's attack is reused.
+        Every curve radius other than the table's takes ``curve_steps`` steps from the adversarial
+        perturbation of its neighbour on the table's side, rescaled to the new radius, so the
+        whole curve costs a few steps on the samples whose outcome is still open:
+
+        - above ``table_eps`` (increasing): only samples not broken at the next smaller radius are
+          attacked;
+        - below ``table_eps`` (decreasing): only samples broken at the next larger radius are
+          attacked; a sample that withstood the larger ball counts as withstanding the smaller one.
+
+        The two sides attack disjoint samples, so the i-th radius above and the i-th radius below
+        the table's run as one attack with a budget per sample. Either way a sample broken at one
+        radius is broken at every larger one; at the table's own budget the table's attack is reused.
         """
-        still, current, columns = self.clean.clone(), None, []
-        for radius in self.settings.curve_radii:
-            if abs(radius - table_eps) < 1e-12:
-                still = still & table[0]
-                current = [table[1][m] for m in attacked]
-            else:
-                steps = self.settings.steps if current is None else self.settings.curve_steps
-                correct, adversarial = self.run(self.settings.pgd(radius, attacked, steps), attacked, still, current)
-                still = still & correct
-                current = [adversarial[m] for m in attacked]
-            columns.append(still.clone())
-        return torch.stack(columns, dim=1) if columns else self.clean.new_zeros((self.clean.shape[0], 0))
+        radii = self.settings.curve_radii
+        if not radii:
+            return self.clean.new_zeros((self.clean.shape[0], 0))
+        columns = {radius: table[0] for radius in radii if abs(radius - table_eps) < 1e-12}
+        above = sorted(r for r in radii if r > table_eps)
+        below = sorted((r for r in radii if r < table_eps), reverse=True)
+        up_correct, down_correct = table[0], table[0]
+        start = [table[1][m] for m in attacked]
+        attack = self.settings.pgd(table_eps, attacked, self.settings.curve_steps)
+        for level in range(max(len(above), len(below))):
+            up_rows = up_correct if level < len(above) else torch.zeros_like(self.clean)
+            down_rows = self.clean & ~down_correct if level < len(below) else torch.zeros_like(self.clean)
+            eps = torch.zeros(self.clean.shape, dtype=self.inputs[0].dtype, device=self.clean.device)
+            if level < len(above):
+                eps[up_rows] = above[level]
+            if level < len(below):
+                eps[down_rows] = below[level]
+            start = rescaled([self.inputs[m] for m in attacked], start, eps)
+            result, adversarial = self.run(attack, attacked, up_rows | down_rows, start, eps)
+            if level < len(above):
+                up_correct = up_correct & result
+                columns[above[level]] = up_correct
+            if level < len(below):
+                down_correct = down_correct | (down_rows & result)
+                columns[below[level]] = down_correct
+            start = [adversarial[m] for m in attacked]
+        return torch.stack([columns[radius] for radius in radii], dim=1)
+
+
+class BatchEvaluation(NamedTuple):
+    """What :func:`evaluate_batch` returns: the per-sample ``records`` (see the module docstring)
+    and ``adversarial``, the multi-modal table PGD's examples (one (B, ...) tensor per modality;
+    the clean inputs where a sample was not attacked), from which the radius audit starts."""
+
+    records: dict[str, torch.Tensor]
+    adversarial: list[torch.Tensor]
 
 
 def evaluate_batch(
@@ -165,25 +211,27 @@ def evaluate_batch(
     settings: RobustnessSettings,
     pixel_ranges: PixelRanges | None = None,
     generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """The per-sample records of one batch (see the module docstring).
+    estimator: LipschitzEstimator | None = None,
+) -> BatchEvaluation:
+    """Every attack of the table and the curves on one batch; the batch is folded into
+    ``estimator`` too, sharing its clean pass.
 
     Runs outside inference mode (Lightning evaluates under it), so that every tensor made here
     can be updated in place and differentiated.
     """
     with torch.inference_mode(False):
-        return _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator)
+        return _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator, estimator)
 
 
-def _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator) -> dict[str, torch.Tensor]:
-    batch = _BatchAttacks(model, inputs, labels, settings, pixel_ranges, generator)
+def _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator, estimator) -> BatchEvaluation:
+    batch = _BatchAttacks(model, inputs, labels, settings, pixel_ranges, generator, estimator)
     rows = batch.clean
     everything = list(range(len(inputs)))
     records = {"label": batch.labels, "logits": batch.logits, "clean": batch.clean}
     records["fgm"], _ = batch.run(FGM(settings.multimodal_eps), everything, rows)
-    pgd = batch.run(settings.pgd(settings.multimodal_eps), everything, rows)
-    records["pgd"] = pgd[0]
-    records["curve_multimodal"] = batch.curve(everything, settings.multimodal_eps, pgd)
+    multimodal = batch.run(settings.pgd(settings.multimodal_eps), everything, rows)
+    records["pgd"] = multimodal[0]
+    records["curve_multimodal"] = batch.curve(everything, settings.multimodal_eps, multimodal)
     for m, name in enumerate(model.modalities):
         records[f"fgm_{name}"], _ = batch.run(FGM(settings.unimodal_eps, [m]), [m], rows)
         pgd = batch.run(settings.pgd(settings.unimodal_eps, [m]), [m], rows)
@@ -191,7 +239,7 @@ def _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator) ->
         missing = missing_modality(batch.inputs, m, settings.missing_fill)
         records[f"missing_{name}"] = batch.still_correct(missing, [m], rows)
         records[f"curve_{name}"] = batch.curve([m], settings.unimodal_eps, pgd)
-    return records
+    return BatchEvaluation(records, multimodal[1])
 
 
 @dataclass
@@ -275,6 +323,16 @@ class RobustnessResults:
         return result
 
 
+class _AuditChunk(NamedTuple):
+    """Stored samples of one batch for the radius audit: clean ``inputs``, ``labels``, clean
+    ``logits`` and ``start``, the multi-modal table PGD's examples."""
+
+    inputs: list[torch.Tensor]
+    labels: torch.Tensor
+    logits: torch.Tensor
+    start: list[torch.Tensor]
+
+
 class RobustnessEvaluator:
     """Accumulates :func:`evaluate_batch` records and Lipschitz estimates; ``finalize`` certifies and audits.
 
@@ -289,9 +347,7 @@ class RobustnessEvaluator:
         self.pixel_ranges = pixel_ranges
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.chunks: dict[str, list[torch.Tensor]] = {}
-        self.audit_inputs: list[list[torch.Tensor]] = []
-        self.audit_labels: list[torch.Tensor] = []
-        self.audit_logits: list[torch.Tensor] = []
+        self.audit_chunks: list[_AuditChunk] = []
         self.estimator: LipschitzEstimator | None = None
         self.certifying = settings.certify and getattr(model, "certifiable", False)
         if self.certifying and model.known_pair_lipschitz() is None:
@@ -299,21 +355,26 @@ class RobustnessEvaluator:
 
     @property
     def audit_count(self) -> int:
-        return sum(int(labels.shape[0]) for labels in self.audit_labels)
+        return sum(int(chunk.labels.shape[0]) for chunk in self.audit_chunks)
 
     def update(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
         """Evaluate one batch (inputs in the model's modality order, labels (B,))."""
-        records = evaluate_batch(self.model, inputs, labels, self.settings, self.pixel_ranges, self.generator)
+        records, adversarial = evaluate_batch(
+            self.model, inputs, labels, self.settings, self.pixel_ranges, self.generator, self.estimator
+        )
         for key, value in records.items():
             self.chunks.setdefault(key, []).append(value.detach())
-        if self.estimator is not None:
-            self.estimator.update(inputs)
         room = self.settings.audit_samples - self.audit_count
         if self.certifying and room > 0:
             with torch.inference_mode(False):
-                self.audit_inputs.append([x[:room].detach().clone() for x in inputs])
-                self.audit_labels.append(labels[:room].detach().clone())
-                self.audit_logits.append(records["logits"][:room])
+                self.audit_chunks.append(
+                    _AuditChunk(
+                        [x[:room].detach().clone() for x in inputs],
+                        labels[:room].detach().clone(),
+                        records["logits"][:room],
+                        [x[:room] for x in adversarial],
+                    )
+                )
 
     def finalize(self, all_gather: AllGather | None = None, reduce_max: ReduceMax | None = None) -> RobustnessResults:
         """Gather every rank's records, certify and audit. Every rank must call it (collectives)."""
@@ -353,11 +414,11 @@ class RobustnessEvaluator:
     def _audit(self, table: torch.Tensor, all_gather: AllGather | None) -> dict[str, int]:
         """Attack this rank's stored samples just inside their radii; counts summed over ranks."""
         eligible_count = violated_count = 0
-        for inputs, labels, logits in zip(self.audit_inputs, self.audit_labels, self.audit_logits, strict=True):
+        for inputs, labels, logits, start in self.audit_chunks:
             radius = certified_radius(logits, labels, table.to(logits.device))
             eligible, violated = audit_radii(
                 self.model, inputs, labels, radius, self.pixel_ranges,
-                steps=self.settings.audit_steps, fraction=self.settings.audit_fraction, generator=self.generator,
+                steps=self.settings.audit_steps, fraction=self.settings.audit_fraction, start=start,
             )
             eligible_count += int(eligible.sum())
             violated_count += int(violated.sum())

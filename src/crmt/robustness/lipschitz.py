@@ -51,23 +51,18 @@ def score_gradient_norms(
     return scores.detach(), norm_matrix.detach()
 
 
-def score_gradient_gram(
-    score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores and the per-sample Gram matrix of the class-score input gradients of one modality.
+def score_input_gradients(features: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Input gradients g_k(x_i) = d s_k(x_i) / d x_i of every class score s = features @ weight.T.
 
-    Returns (scores (B, K) detached, gram (B, K, K)) with gram[i, k, l] = <g_k(x_i), g_l(x_i)>,
-    g_k(x) = d s_k(x) / dx. The norm of any combination sum_k c_k g_k follows from it, e.g. the
-    gradient norm of a class-pair margin (JT's eta, method.md §1). One forward and K input-only
-    backward passes; the K gradients of the batch are held at once (B * K * input size floats).
+    features (B, D) must have been computed from ``inputs`` (B, ...) with autograd on; weight
+    (K, D). Returns (B, K, ...). K input-only backward passes over the retained graph; the K
+    gradients of the batch are held at once (B * K * input size floats). Their Gram matrix gives
+    the gradient norm of any class combination, e.g. of a class-pair margin (JT's eta, method.md §1).
     """
-    x = inputs.detach().requires_grad_(True)
-    with torch.enable_grad():
-        scores = score_fn(x)
-        num_classes = scores.shape[1]
-        gradients = []
-        for k in range(num_classes):
-            (grad,) = torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k + 1 < num_classes)
-            gradients.append(grad.flatten(1))
-    stacked = torch.stack(gradients, dim=1)
-    return scores.detach(), (stacked @ stacked.transpose(1, 2)).detach()
+    num_classes = weight.shape[0]
+    gradients = []
+    for k in range(num_classes):
+        cotangent = weight[k].expand_as(features)
+        (grad,) = torch.autograd.grad(features, inputs, grad_outputs=cotangent, retain_graph=True)
+        gradients.append(grad)
+    return torch.stack(gradients, dim=1).detach()

@@ -11,13 +11,16 @@ from torch import nn
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Evaluation mode (batch norm uses its running statistics and stays unchanged), restored on exit."""
-    was_training = model.training
-    model.eval()
+    """Evaluation mode (batch norm uses its running statistics and stays unchanged); every
+    submodule's own mode is restored on exit. Free for a model that is in evaluation mode already."""
+    training = [module for module in model.modules() if module.training]
+    if training:
+        model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module in training:
+            module.training = True
 
 
 @contextmanager

@@ -36,11 +36,12 @@ def conv_operator_norm_bound(weight: torch.Tensor, input_size: Sequence[int], pa
 
     weight: (C_out, C_in, k_h, k_w); input_size: (H, W) of the input; padding: (p_h, p_w).
     Exact for the circular convolution on the (H + 2 p_h) x (W + 2 p_w) grid, which contains
-    the zero-padded one as a restriction.
+    the zero-padded one as a restriction. The kernel is real, so the matrix at frequency -f is the
+    conjugate of that at f, with the same singular values: half the spectrum (``rfft2``) suffices.
     """
     kernel_h, kernel_w = weight.shape[-2:]
     grid = (max(input_size[0] + 2 * padding[0], kernel_h), max(input_size[1] + 2 * padding[1], kernel_w))
-    spectrum = torch.fft.fft2(weight.detach().double(), s=grid)
+    spectrum = torch.fft.rfft2(weight.detach().double(), s=grid)
     matrices = spectrum.permute(2, 3, 0, 1).reshape(-1, weight.shape[0], weight.shape[1])
     norm = max(
         torch.linalg.matrix_norm(matrices[start : start + _FREQUENCY_CHUNK], ord=2).max().item()
