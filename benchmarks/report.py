@@ -82,7 +82,7 @@ def interleaved_medians(candidates: dict[str, Callable[[], None]], repeats: int)
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="data/embedded", help="embedded dataset folder (generated if missing)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/report.json"))
     options = parser.parse_args(argv)
     models = {name: train(name, options.root) for name in ("jt", "crmt_jt")}

@@ -7,7 +7,16 @@ import copy
 import pytest
 import torch
 
-from crmt.robustness.attacks import FGM, L2PGD, PixelRange, clean_pass, joint_norm, missing_modality, predict
+from crmt.robustness.attacks import (
+    FGM,
+    L2PGD,
+    PixelRange,
+    clean_pass,
+    joint_norm,
+    missing_modality,
+    predict,
+    rescaled,
+)
 from helpers import validation_batch
 
 IMAGENET = PixelRange((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -47,6 +56,43 @@ def test_unimodal_attack_leaves_the_other_modality_bit_identical(attack_cls, mod
     assert adversarial[other] is inputs[other] and torch.equal(adversarial[other], inputs[other])
     norms = (adversarial[modality] - inputs[modality]).flatten(1).norm(dim=1)
     assert (norms <= 1.0 + 1e-5).all() and (norms > 0.2).all()
+
+
+@pytest.mark.parametrize("model_name", ["trained_jt", "trained_crmt"])
+def test_stacked_attacks_with_per_sample_modalities_equal_separate_attacks(model_name, data, request):
+    """One batch holding a multi-modal and two uni-modal attacks gives each attack's own examples."""
+    model = request.getfixturevalue(model_name)
+    inputs, labels = validation_batch(data, size=6)
+    plans = [(None, 0.5), ([0], 1.0), ([1], 1.0)]
+    separate = [L2PGD(eps, modalities=modalities)(model, inputs, labels) for modalities, eps in plans]
+    stacked_inputs = [torch.cat([x] * 3) for x in inputs]
+    attacked = torch.zeros(18, 2, dtype=torch.bool)
+    attacked[:6] = True
+    attacked[6:12, 0] = True
+    attacked[12:, 1] = True
+    eps = torch.tensor([0.5] * 6 + [1.0] * 12)
+    gradients = [torch.cat([g] * 3) for g in clean_pass(model, inputs, labels).gradients]
+    stacked = L2PGD(1.0)(model, stacked_inputs, labels.repeat(3), eps=eps, attacked=attacked, clean_gradients=gradients)
+    for block, expected in enumerate(separate):
+        rows = slice(6 * block, 6 * block + 6)
+        for m in range(2):
+            if attacked[6 * block, m]:
+                torch.testing.assert_close(stacked[m][rows], expected[m], rtol=1e-4, atol=1e-5)
+            else:
+                assert torch.equal(stacked[m][rows], inputs[m]), "a modality a sample does not attack stays bit-identical"
+
+
+def test_rescaled_moves_each_perturbation_onto_its_radius():
+    generator = torch.Generator().manual_seed(0)
+    clean = [torch.randn(3, 4, generator=generator), torch.randn(3, 2, 5, generator=generator)]
+    adversarial = [x + torch.randn(x.shape, generator=generator) for x in clean]
+    adversarial[0][2], adversarial[1][2] = clean[0][2], clean[1][2]
+    radius = torch.tensor([0.5, 3.0, 2.0])
+    moved = rescaled(clean, adversarial, radius)
+    norms = joint_norm([a - c for a, c in zip(moved, clean)])
+    torch.testing.assert_close(norms, torch.tensor([0.5, 3.0, 0.0]))
+    direction = [(a - c)[0] for a, c in zip(adversarial, clean)]
+    torch.testing.assert_close((moved[1] - clean[1])[0], direction[1] * 0.5 / joint_norm([d[None] for d in direction]))
 
 
 def accuracy(model, inputs, labels) -> float:

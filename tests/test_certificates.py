@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crmt.robustness.attacks import ascent_direction, clean_pass, predict
+from crmt.robustness.attacks import L2PGD, ascent_direction, clean_pass, missing_modality, predict
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
 from crmt.robustness.certify import certified_radius, unimodal_radius
@@ -197,6 +197,9 @@ def test_sound_table_dominates_the_estimate_and_no_attack_beats_sound_radii(trai
         radius = certified_radius(logits, labels, sound)
         eligible, violated = audit_radii(model, inputs, labels, radius, steps=20, fraction=1.0)
         assert eligible.any() and not violated.any()
+        far = L2PGD(50.0, steps=2)(model, inputs, labels)  # a warm start from far outside is rescaled into each radius
+        eligible, violated = audit_radii(model, inputs, labels, radius, steps=5, fraction=1.0, start=far)
+        assert eligible.any() and not violated.any()
 
 
 def test_ascent_direction_is_the_rescaled_cross_entropy_gradient_and_never_vanishes():
@@ -207,6 +210,26 @@ def test_ascent_direction_is_the_rescaled_cross_entropy_gradient_and_never_vanis
     torch.testing.assert_close(F.normalize(direction, dim=1), F.normalize(gradient, dim=1))
     huge = torch.tensor([[400.0, 0.0, -50.0]])
     assert (ascent_direction(huge, torch.tensor([0])).abs().sum() > 0).item()
+
+
+def test_curves_continue_on_both_sides_of_the_table_budget_and_missing_matches_a_plain_forward(trained_jt, data):
+    inputs, labels = validation_batch(data)
+    settings = RobustnessSettings(curve_radii=(0.25, 0.5, 1.0, 2.0, 4.0), audit_samples=0, certify=False)
+    evaluator = RobustnessEvaluator(trained_jt, settings)
+    evaluator.update(inputs, labels)
+    results = evaluator.finalize()
+    records = results.records
+    for key, table in (("multimodal", "pgd"), ("visual", "pgd_visual"), ("audio", "pgd_audio")):
+        curve = records[f"curve_{key}"]
+        assert curve.shape == (labels.shape[0], 5)
+        assert not (curve & ~records["clean"][:, None]).any(), "only clean-correct samples can withstand an attack"
+        assert not (curve[:, 1:] & ~curve[:, :-1]).any(), "a sample broken at one radius is broken at every larger one"
+        budget = settings.multimodal_eps if key == "multimodal" else settings.unimodal_eps
+        assert torch.equal(curve[:, settings.curve_radii.index(budget)], records[table]), "the table's attack is reused"
+    assert results.curves()["audio"][-1] < results.curves()["audio"][0], "the largest radius breaks some samples"
+    for m, name in enumerate(trained_jt.modalities):
+        expected = (predict(trained_jt, missing_modality(inputs, m)) == labels) & records["clean"]
+        assert torch.equal(records[f"missing_{name}"], expected)
 
 
 def test_evaluation_reports_an_audit_rate_in_unit_interval_and_every_table_column(trained_jt, data):

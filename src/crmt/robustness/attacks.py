@@ -81,32 +81,49 @@ def _broadcast(per_sample: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class PartialModel:
-    """The model as a function of the attacked modalities only, the others held at their features.
+    """The model as a function of the attacked inputs, the others held at their clean features.
 
-    Features of the modalities that are not attacked are computed once without gradients (or
-    taken from ``features``, the clean features of every modality), so each attack step runs
-    only the attacked encoders and the fusion.
+    ``attacked`` (B, M) bool marks the modalities each sample's attack moves. A modality attacked
+    in no sample is not encoded again: its features are computed once without gradients (or
+    taken from ``features``, the clean features of every modality); one attacked in some samples
+    only is encoded on those rows. So each attack step runs only the encoders it needs.
     """
 
     def __init__(
         self,
         model,
         inputs: Sequence[torch.Tensor],
-        attacked: Sequence[int],
+        attacked: torch.Tensor,
         features: Sequence[torch.Tensor] | None = None,
     ) -> None:
         self.model = model
-        self.attacked = list(attacked)
+        self.rows = [attacked[:, m] for m in range(len(inputs))]
+        self.counts = [int(rows.sum()) for rows in self.rows]
+        self.features: list[torch.Tensor | None] = []
         with torch.no_grad():
-            self.features = [
-                None if m in self.attacked else (features[m] if features is not None else model.encode_modality(m, x))
-                for m, x in enumerate(inputs)
-            ]
+            for m, (x, rows, count) in enumerate(zip(inputs, self.rows, self.counts, strict=True)):
+                if count == x.shape[0]:
+                    self.features.append(None)
+                elif features is not None:
+                    self.features.append(features[m])
+                else:
+                    kept = model.encode_modality(m, x[~rows])
+                    full = kept.new_zeros((x.shape[0], *kept.shape[1:]))
+                    full[~rows] = kept
+                    self.features.append(full)
 
-    def logits(self, attacked_inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        features = list(self.features)
-        for m, x in zip(self.attacked, attacked_inputs, strict=True):
-            features[m] = self.model.encode_modality(m, x)
+    def logits(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Fused logits (B, K) at ``inputs`` (one tensor per modality; only attacked rows are read)."""
+        features = []
+        for m, (x, rows, count, clean) in enumerate(zip(inputs, self.rows, self.counts, self.features, strict=True)):
+            if clean is None:
+                features.append(self.model.encode_modality(m, x))
+            elif count == 0:
+                features.append(clean)
+            else:
+                mixed = clean.clone()
+                mixed[rows] = self.model.encode_modality(m, x[rows])
+                features.append(mixed)
         return self.model.fuse(features).logits
 
 
@@ -163,6 +180,7 @@ class L2PGD:
         pixel_ranges: PixelRanges | None = None,
         *,
         eps: float | torch.Tensor | None = None,
+        attacked: torch.Tensor | None = None,
         clean_gradients: Sequence[torch.Tensor] | None = None,
         start: Sequence[torch.Tensor] | None = None,
         features: Sequence[torch.Tensor] | None = None,
@@ -170,53 +188,67 @@ class L2PGD:
     ) -> list[torch.Tensor]:
         """Adversarial inputs.
 
-        ``clean_gradients``: the loss gradient of each attacked modality at the clean inputs, when
-        already known (see :func:`clean_pass`); it saves the first backward pass of a run
-        without random start. ``start``: adversarial inputs of the attacked modalities to continue
-        from (projected into this attack's ball), e.g. those of a smaller budget; it replaces the
-        random start. ``features``: every modality's features at the clean inputs, when already
-        known; those of the modalities not attacked are then not recomputed. ``generator`` draws
-        the random start.
+        ``attacked``: (B, M) bool, the modalities each sample's attack moves (the joint ball is
+        over those); it overrides ``modalities``, so that attacks on different modalities run
+        as one batch. ``clean_gradients``: the loss gradient of every input at the clean inputs,
+        when already known (see :func:`clean_pass`); it saves the first backward pass of a run
+        without random start. ``start``: inputs to continue from (their perturbation projected
+        into this attack's ball), e.g. the examples of a smaller budget; it replaces the random
+        start. ``features``: every modality's features at the clean inputs, when already known;
+        those of the samples' unattacked modalities are then not recomputed. ``generator`` draws
+        the random start. ``clean_gradients``, ``start`` and ``features`` hold one tensor per
+        modality; the entries of modalities that are not attacked are not read.
         """
-        attacked = list(range(len(inputs))) if self.modalities is None else self.modalities
+        mask = self._mask(inputs) if attacked is None else attacked.bool()
+        moving = [m for m in range(len(inputs)) if bool(mask[:, m].any())]
         ranges = list(pixel_ranges) if pixel_ranges is not None else [None] * len(inputs)
-        clamps = [ranges[m] for m in attacked]
+        clamps = [ranges[m] for m in moving]
         with eval_mode(model), input_gradients():
-            clean = [inputs[m].detach().clone() for m in attacked]
+            clean = [inputs[m].detach().clone() for m in moving]
+            keep = [_broadcast(mask[:, m].to(x.dtype), x) for m, x in zip(moving, clean, strict=True)]
             labels = labels.clone()
             budget = _per_sample(self.eps if eps is None else eps, clean[0])
             step = budget * self.step_fraction
-            partial = PartialModel(model, [x.detach().clone() for x in inputs], attacked, features)
+            full = [x.detach() for x in inputs]
+            partial = PartialModel(model, full, mask, features)
             if start is None:
-                delta = self._start(clean, budget, generator)
+                delta = self._start(clean, keep, budget, generator)
             else:
-                delta = _project([s.detach() - c for s, c in zip(start, clean, strict=True)], budget)
+                delta = _project([(start[m].detach() - c) * k for m, c, k in zip(moving, clean, keep, strict=True)], budget)
             for index in range(self.steps):
                 current = [_clamp(x + d, r) for x, d, r in zip(clean, delta, clamps, strict=True)]
                 if index == 0 and clean_gradients is not None and start is None and not self.random_start:
-                    gradients = [g.detach() for g in clean_gradients]
+                    gradients = [clean_gradients[m].detach() * k for m, k in zip(moving, keep, strict=True)]
                 else:
-                    gradients = _loss_gradients(partial, current, labels)
+                    gradients = _loss_gradients(partial, full, moving, current, labels)
                 norm = _safe_norm(joint_norm(gradients))
                 delta = [
                     (x - c) + _broadcast(step / norm, g) * g for x, c, g in zip(current, clean, gradients, strict=True)
                 ]
                 delta = _project(delta, budget)
-                delta = [_clamp(c + d, r) - c for c, d, r in zip(clean, delta, clamps, strict=True)]
-            adversarial = [(c + d).detach() for c, d in zip(clean, delta, strict=True)]
+                delta = [(_clamp(c + d, r) - c) * k for c, d, r, k in zip(clean, delta, clamps, keep, strict=True)]
+            adversarial = [
+                torch.where(k.bool(), c + d, c).detach() for c, d, k in zip(clean, delta, keep, strict=True)
+            ]
         result = list(inputs)
-        for m, x in zip(attacked, adversarial, strict=True):
+        for m, x in zip(moving, adversarial, strict=True):
             result[m] = x
         return result
 
+    def _mask(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, M) bool: every sample attacks ``modalities`` (all of them when ``None``)."""
+        mask = torch.zeros(inputs[0].shape[0], len(inputs), dtype=torch.bool, device=inputs[0].device)
+        mask[:, slice(None) if self.modalities is None else self.modalities] = True
+        return mask
+
     def _start(
-        self, clean: list[torch.Tensor], budget: torch.Tensor, generator: torch.Generator | None
+        self, clean: list[torch.Tensor], keep: list[torch.Tensor], budget: torch.Tensor, generator: torch.Generator | None
     ) -> list[torch.Tensor]:
-        """Zero, or a point drawn uniformly from the joint l2 ball of radius ``budget``."""
+        """Zero, or a point drawn uniformly from each sample's joint l2 ball of radius ``budget``."""
         if not self.random_start:
             return [torch.zeros_like(x) for x in clean]
-        noise = [torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) for x in clean]
-        size = sum(x[0].numel() for x in clean)
+        noise = [torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * k for x, k in zip(clean, keep)]
+        size = sum(k.flatten() * x[0].numel() for x, k in zip(clean, keep, strict=True)).clamp_min(1)
         uniform = torch.rand(budget.shape, generator=generator, dtype=budget.dtype).to(budget.device)
         scale = budget * uniform ** (1 / size) / _safe_norm(joint_norm(noise))
         return [_broadcast(scale, n) * n for n in noise]
@@ -275,9 +307,15 @@ def clean_pass(model, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> C
     return CleanPass(logits.detach(), gradients, [f.detach() for f in features])
 
 
-def _loss_gradients(partial: PartialModel, current: list[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
+def _loss_gradients(
+    partial: PartialModel, inputs: list[torch.Tensor], moving: list[int], current: list[torch.Tensor], labels: torch.Tensor
+) -> list[torch.Tensor]:
+    """Ascent gradients w.r.t. ``current``, the inputs of the ``moving`` modalities (the rest: ``inputs``)."""
     x = [t.detach().requires_grad_(True) for t in current]
-    return _ascent_gradients(partial.logits(x), labels, x)
+    full = list(inputs)
+    for m, xm in zip(moving, x, strict=True):
+        full[m] = xm
+    return _ascent_gradients(partial.logits(full), labels, x)
 
 
 def rescaled(clean: Sequence[torch.Tensor], adversarial: Sequence[torch.Tensor], radius: torch.Tensor) -> list[torch.Tensor]:

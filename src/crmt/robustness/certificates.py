@@ -70,7 +70,8 @@ class LipschitzEstimator:
         backward passes, without one of its own.
 
         With logits ``sum_m A^(m) * s^(m) + b``, the loss ascent direction d (B, K) gives the
-        gradient w.r.t. x^(m) as ``sum_k d_k A_k^(m) g_k^(m)``, g the score gradients folded in.
+        gradient w.r.t. x^(m) as ``sum_k d_k A_k^(m) g_k^(m)``, g the score gradients folded in
+        (see :meth:`_fold` for the pair head's differences).
         """
         model = self.model
         with eval_mode(model), input_gradients():
@@ -79,26 +80,35 @@ class LipschitzEstimator:
             with torch.no_grad():
                 logits = model.fuse(features).logits
             direction = ascent_direction(logits, labels)
-            integration = model.head.integration_weights().detach()
-            gradients = [
-                torch.einsum("bk,bk...->b...", direction * integration[m], self._fold(m, features[m], x[m]))
-                for m in range(len(x))
-            ]
+            gradients = []
+            for m in range(len(x)):
+                weighted, weights = self._fold(m, features[m], x[m])
+                gradients.append(torch.einsum("bk,bk...->b...", direction * weights, weighted))
         self.samples += int(labels.shape[0])
         return CleanPass(logits, gradients, [f.detach() for f in features])
 
-    def _fold(self, m: int, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Fold modality m's score gradients (B, K, ...) into the running max and return them."""
-        gradients = score_input_gradients(features, inputs, self.model.head.modality_weights()[m].detach())
-        flat = gradients.flatten(2)
+    def _fold(self, m: int, features: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold modality m into the running max; returns gradients G (B, K, ...) and weights w (K,)
+        with ``sum_k c_k A_k g_k = sum_k c_k w_k G_k`` for every c that sums to 0 (as the ascent
+        direction does).
+
+        Orthogonal head: G_k = g_k, the score gradients, and w = A. Pair head: only differences
+        of A_k g_k enter its table, so G_k = A_k g_k - A_0 g_0 (G_0 = 0: K - 1 backward passes)
+        and w = 1.
+        """
+        integration = self.model.head.integration_weights().detach()[m]
+        weight = self.model.head.modality_weights()[m].detach()
         if self.per_class:
-            self.raw[m] = torch.maximum(self.raw[m], flat.norm(dim=2).max(dim=0).values)
-        else:
-            gram = flat @ flat.transpose(1, 2)
-            integration = self.model.head.integration_weights().detach()
-            pairs = linear_pair_lipschitz(integration[m : m + 1], gram[:, None])[:, 0]
-            self.raw[m] = torch.maximum(self.raw[m], pairs.max(dim=0).values)
-        return gradients
+            gradients = score_input_gradients(features, inputs, weight)
+            self.raw[m] = torch.maximum(self.raw[m], gradients.flatten(2).norm(dim=2).max(dim=0).values)
+            return gradients, integration
+        rows = integration[:, None] * weight
+        differences = score_input_gradients(features, inputs, rows[1:] - rows[:1])
+        gradients = torch.cat([torch.zeros_like(differences[:, :1]), differences], dim=1)
+        flat = gradients.flatten(2)
+        pairs = linear_pair_lipschitz(torch.ones_like(integration)[None], (flat @ flat.transpose(1, 2))[:, None])[:, 0]
+        self.raw[m] = torch.maximum(self.raw[m], pairs.max(dim=0).values)
+        return gradients, torch.ones_like(integration)
 
     def pair_lipschitz(self, reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The (M, K, K) table; ``reduce_max`` max-reduces the raw estimate across ranks first."""

@@ -72,11 +72,11 @@ class RobustnessSettings:
     random_start: bool = False
     missing_fill: float = 0.0
     curve_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
-    curve_steps: int = 2
+    curve_steps: int = 1
     certify: bool = True
     sound_certificate: bool = True
     audit_samples: int = 256
-    audit_steps: int = 6
+    audit_steps: int = 5
     audit_fraction: float = 0.99
     audit_sound: bool = False
     radius_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -99,11 +99,31 @@ class RobustnessSettings:
         return L2PGD(eps, steps or self.steps, self.step_fraction, self.random_start, modalities)
 
 
+class _Attack(NamedTuple):
+    """One attack of a batch: the ``attacked`` modalities of the samples ``rows`` (B,) bool, within
+    l2 budget ``eps``, from ``start`` (one full-size tensor per modality) or the clean inputs."""
+
+    attacked: Sequence[int]
+    rows: torch.Tensor
+    eps: float
+    start: Sequence[torch.Tensor] | None = None
+
+
+class _Outcome(NamedTuple):
+    """An attack's (B,) correctness (False outside its rows) and full-size adversarial inputs
+    (the clean inputs outside its rows)."""
+
+    correct: torch.Tensor
+    adversarial: list[torch.Tensor]
+
+
 class _BatchAttacks:
     """The attacks of one batch, sharing its clean logits, ascent directions and features.
 
     Only samples that are classified correctly are attacked (a misclassified sample counts as
-    broken under every attack), as robust-accuracy evaluations usually do.
+    broken under every attack), as robust-accuracy evaluations usually do. Attacks with the same
+    steps run as one stacked batch, each sample with its own budget and attacked modalities, so
+    that every encoder runs once per step on all the samples that need it.
     """
 
     def __init__(self, model, inputs, labels, settings, pixel_ranges, generator, estimator) -> None:
@@ -114,85 +134,131 @@ class _BatchAttacks:
         self.labels = labels.clone()
         self.clean = self.logits.argmax(dim=1) == self.labels
 
-    def still_correct(self, adversarial: Sequence[torch.Tensor], attacked: Sequence[int], rows: torch.Tensor) -> torch.Tensor:
-        """(B,) correctness of ``adversarial`` (full inputs), evaluated on ``rows`` only (False elsewhere)."""
-        correct = torch.zeros_like(self.clean)
-        if bool(rows.any()):
-            with torch.inference_mode(False), torch.no_grad(), eval_mode(self.model):
-                subset = [x[rows] for x in adversarial]
-                partial = PartialModel(self.model, subset, attacked, [f[rows] for f in self.features])
-                correct[rows] = partial.logits([subset[m] for m in attacked]).argmax(dim=1) == self.labels[rows]
-        return correct
-
-    def run(
-        self,
-        attack: L2PGD,
-        attacked: Sequence[int],
-        rows: torch.Tensor,
-        start: Sequence[torch.Tensor] | None = None,
-        eps: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Attack ``rows`` (from the clean inputs, or from ``start`` full-size adversarial inputs of the
-        attacked modalities; with the attack's budget or a (B,) ``eps``); returns (B,) correctness
-        and the full-size adversarial inputs."""
-        adversarial = [x.clone() for x in self.inputs]
-        if bool(rows.any()):
-            subset = [x[rows] for x in self.inputs]
-            result = attack(
-                self.model, subset, self.labels[rows], self.pixel_ranges,
-                eps=None if eps is None else eps[rows],
-                clean_gradients=None if start is not None else [self.gradients[m][rows] for m in attacked],
-                start=None if start is None else [s[rows] for s in start],
-                features=[f[rows] for f in self.features],
+    def run(self, attack: L2PGD, attacks: Sequence[_Attack]) -> list[_Outcome]:
+        """Run ``attack``'s steps (budgets and modalities are the attacks' own) on all ``attacks``
+        at once. Attacks from the clean inputs take their first step along the clean gradient;
+        all or none of them may have a start."""
+        if len({a.start is None for a in attacks}) > 1:
+            raise ValueError("stacked attacks must all continue from a start, or none")
+        index = [a.rows.nonzero().squeeze(1) for a in attacks]
+        modalities = range(len(self.inputs))
+        clean = [torch.cat([x[i] for i in index]) for x in self.inputs]
+        mask = torch.cat([self._mask(a.attacked, len(i)) for a, i in zip(attacks, index, strict=True)])
+        eps = torch.cat([torch.full((len(i),), float(a.eps), dtype=clean[0].dtype, device=clean[0].device) for a, i in zip(attacks, index, strict=True)])
+        labels = torch.cat([self.labels[i] for i in index])
+        features = [torch.cat([f[i] for i in index]) for f in self.features]
+        start = None
+        if attacks[0].start is not None:
+            start = [torch.cat([a.start[m][i] for a, i in zip(attacks, index, strict=True)]) for m in modalities]
+        adversarial, correct = clean, labels.new_zeros(0, dtype=torch.bool)
+        if labels.shape[0]:
+            adversarial = attack(
+                self.model, clean, labels, self.pixel_ranges, eps=eps, attacked=mask, start=start, features=features,
+                clean_gradients=None if start is not None else [torch.cat([g[i] for i in index]) for g in self.gradients],
                 generator=self.generator,
             )
-            for m in attacked:
-                adversarial[m][rows] = result[m]
-        return self.still_correct(adversarial, attacked, rows), adversarial
+            with torch.no_grad(), eval_mode(self.model):
+                correct = PartialModel(self.model, adversarial, mask, features).logits(adversarial).argmax(dim=1) == labels
+        outcomes, offset = [], 0
+        for a, i in zip(attacks, index, strict=True):
+            part = slice(offset, offset + len(i))
+            offset += len(i)
+            still = torch.zeros_like(self.clean)
+            still[i] = correct[part]
+            full = [x.clone() for x in self.inputs]
+            for m in a.attacked:
+                full[m][i] = adversarial[m][part]
+            outcomes.append(_Outcome(still, full))
+        return outcomes
 
-    def curve(self, attacked: Sequence[int], table_eps: float, table: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
-        """(B, R) correctness over ``curve_radii``: l2-PGD continued from the table's attack at ``table_eps``.
+    def missing(self) -> list[torch.Tensor]:
+        """(B,) correctness with each modality in turn replaced by the constant fill. In evaluation
+        mode the fill's features are the same for every sample, so one filled sample gives them."""
+        results = []
+        rows = self.clean
+        with torch.no_grad(), eval_mode(self.model):
+            for m in range(len(self.inputs)):
+                still = torch.zeros_like(self.clean)
+                if bool(rows.any()):
+                    filled = missing_modality([x[:1] for x in self.inputs], m, self.settings.missing_fill)[m]
+                    features = [f[rows] for f in self.features]
+                    features[m] = self.model.encode_modality(m, filled).expand_as(features[m])
+                    still[rows] = self.model.fuse(features).logits.argmax(dim=1) == self.labels[rows]
+                results.append(still)
+        return results
+
+    def _mask(self, attacked: Sequence[int], rows: int) -> torch.Tensor:
+        mask = torch.zeros(rows, len(self.inputs), dtype=torch.bool, device=self.clean.device)
+        mask[:, list(attacked)] = True
+        return mask
+
+    def rescaled(self, attacked: Sequence[int], adversarial: Sequence[torch.Tensor], radius: float) -> list[torch.Tensor]:
+        """Full-size inputs whose attacked modalities carry ``adversarial``'s perturbation rescaled to ``radius``."""
+        budget = torch.full(self.clean.shape, radius, dtype=self.inputs[0].dtype, device=self.clean.device)
+        moved = rescaled([self.inputs[m] for m in attacked], [adversarial[m] for m in attacked], budget)
+        full = list(self.inputs)
+        for m, x in zip(attacked, moved, strict=True):
+            full[m] = x
+        return full
+
+    def curves(self, tables: Sequence[tuple[Sequence[int], float, _Outcome]]) -> list[torch.Tensor]:
+        """(B, R) correctness over ``curve_radii`` for each (attacked modalities, table budget, table
+        outcome): l2-PGD continued from the table's attack.
 
         Every curve radius other than the table's takes ``curve_steps`` steps from the adversarial
         perturbation of its neighbour on the table's side, rescaled to the new radius, so the
         whole curve costs a few steps on the samples whose outcome is still open:
 
-        - above ``table_eps`` (increasing): only samples not broken at the next smaller radius are
-          attacked;
-        - below ``table_eps`` (decreasing): only samples broken at the next larger radius are
-          attacked; a sample that withstood the larger ball counts as withstanding the smaller one.
+        - above the table's budget (increasing): only samples not broken at the next smaller
+          radius are attacked;
+        - below it (decreasing): only samples broken at the next larger radius are attacked; a
+          sample that withstood the larger ball counts as withstanding the smaller one.
 
-        The two sides attack disjoint samples, so the i-th radius above and the i-th radius below
-        the table's run as one attack with a budget per sample. Either way a sample broken at one
-        radius is broken at every larger one; at the table's own budget the table's attack is reused.
+        Either way a sample broken at one radius is broken at every larger one; at the table's own
+        budget the table's attack is reused. The i-th radius of every side of every curve runs in
+        one stacked attack.
         """
         radii = self.settings.curve_radii
-        if not radii:
-            return self.clean.new_zeros((self.clean.shape[0], 0))
-        columns = {radius: table[0] for radius in radii if abs(radius - table_eps) < 1e-12}
-        above = sorted(r for r in radii if r > table_eps)
-        below = sorted((r for r in radii if r < table_eps), reverse=True)
-        up_correct, down_correct = table[0], table[0]
-        start = [table[1][m] for m in attacked]
-        attack = self.settings.pgd(table_eps, attacked, self.settings.curve_steps)
-        for level in range(max(len(above), len(below))):
-            up_rows = up_correct if level < len(above) else torch.zeros_like(self.clean)
-            down_rows = self.clean & ~down_correct if level < len(below) else torch.zeros_like(self.clean)
-            eps = torch.zeros(self.clean.shape, dtype=self.inputs[0].dtype, device=self.clean.device)
-            if level < len(above):
-                eps[up_rows] = above[level]
-            if level < len(below):
-                eps[down_rows] = below[level]
-            start = rescaled([self.inputs[m] for m in attacked], start, eps)
-            result, adversarial = self.run(attack, attacked, up_rows | down_rows, start, eps)
-            if level < len(above):
-                up_correct = up_correct & result
-                columns[above[level]] = up_correct
-            if level < len(below):
-                down_correct = down_correct | (down_rows & result)
-                columns[below[level]] = down_correct
-            start = [adversarial[m] for m in attacked]
-        return torch.stack([columns[radius] for radius in radii], dim=1)
+        columns: list[dict[float, torch.Tensor]] = []
+        sides: list[tuple[int, _CurveSide]] = []
+        for curve, (attacked, table_eps, table) in enumerate(tables):
+            columns.append({radius: table.correct for radius in radii if abs(radius - table_eps) < 1e-12})
+            for upward, side_radii in (
+                (True, sorted(r for r in radii if r > table_eps)),
+                (False, sorted((r for r in radii if r < table_eps), reverse=True)),
+            ):
+                if side_radii:
+                    sides.append((curve, _CurveSide(list(attacked), side_radii, upward, table.correct, table.adversarial)))
+        attack = self.settings.pgd(1.0, steps=self.settings.curve_steps)
+        level = 0
+        while active := [(curve, side) for curve, side in sides if level < len(side.radii)]:
+            attacks = [side.attack(level, self) for _, side in active]
+            for (curve, side), outcome in zip(active, self.run(attack, attacks), strict=True):
+                columns[curve][side.radii[level]] = side.update(outcome)
+            level += 1
+        empty = self.clean.new_zeros((self.clean.shape[0], 0))
+        return [torch.stack([c[radius] for radius in radii], dim=1) if radii else empty for c in columns]
+
+
+@dataclass
+class _CurveSide:
+    """The radii of one curve on one side of its table budget, and its state after the last one."""
+
+    attacked: list[int]
+    radii: list[float]
+    upward: bool
+    correct: torch.Tensor
+    adversarial: list[torch.Tensor]
+
+    def attack(self, level: int, batch: _BatchAttacks) -> _Attack:
+        rows = self.correct if self.upward else batch.clean & ~self.correct
+        radius = self.radii[level]
+        return _Attack(self.attacked, rows, radius, batch.rescaled(self.attacked, self.adversarial, radius))
+
+    def update(self, outcome: _Outcome) -> torch.Tensor:
+        self.correct = self.correct & outcome.correct if self.upward else self.correct | outcome.correct
+        self.adversarial = outcome.adversarial
+        return self.correct
 
 
 class BatchEvaluation(NamedTuple):
@@ -225,21 +291,20 @@ def evaluate_batch(
 
 def _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator, estimator) -> BatchEvaluation:
     batch = _BatchAttacks(model, inputs, labels, settings, pixel_ranges, generator, estimator)
-    rows = batch.clean
-    everything = list(range(len(inputs)))
+    suffixes = ["", *(f"_{name}" for name in model.modalities)]
+    tables = [(list(range(len(inputs))), settings.multimodal_eps)] + [([m], settings.unimodal_eps) for m in range(len(inputs))]
+    clean_attacks = [_Attack(attacked, batch.clean, eps) for attacked, eps in tables]
+    fgm = batch.run(FGM(), clean_attacks)
+    pgd = batch.run(settings.pgd(settings.multimodal_eps), clean_attacks)
+    missing = batch.missing()
+    curves = batch.curves([(attacked, eps, outcome) for (attacked, eps), outcome in zip(tables, pgd, strict=True)])
     records = {"label": batch.labels, "logits": batch.logits, "clean": batch.clean}
-    records["fgm"], _ = batch.run(FGM(settings.multimodal_eps), everything, rows)
-    multimodal = batch.run(settings.pgd(settings.multimodal_eps), everything, rows)
-    records["pgd"] = multimodal[0]
-    records["curve_multimodal"] = batch.curve(everything, settings.multimodal_eps, multimodal)
+    for suffix, f, p, c in zip(suffixes, fgm, pgd, curves, strict=True):
+        records[f"fgm{suffix}"], records[f"pgd{suffix}"] = f.correct, p.correct
+        records[f"curve{suffix or '_multimodal'}"] = c
     for m, name in enumerate(model.modalities):
-        records[f"fgm_{name}"], _ = batch.run(FGM(settings.unimodal_eps, [m]), [m], rows)
-        pgd = batch.run(settings.pgd(settings.unimodal_eps, [m]), [m], rows)
-        records[f"pgd_{name}"] = pgd[0]
-        missing = missing_modality(batch.inputs, m, settings.missing_fill)
-        records[f"missing_{name}"] = batch.still_correct(missing, [m], rows)
-        records[f"curve_{name}"] = batch.curve([m], settings.unimodal_eps, pgd)
-    return BatchEvaluation(records, multimodal[1])
+        records[f"missing_{name}"] = missing[m]
+    return BatchEvaluation(records, pgd[0].adversarial)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -76,14 +75,3 @@ def plot_certified_accuracy(
 ) -> Path:
     """Certified accuracy (fraction correct with radius >= r) against r, one step line per certificate."""
     return _line_plot(radii, curves, path, title, "l2 radius r", "certified accuracy", step=True)
-
-
-def plot_radius_histogram(radius: np.ndarray, path: Path, title: str, bins: int = 20) -> Path:
-    """Histogram of certified radii (misclassified samples have radius 0)."""
-    figure, axis = plt.subplots(figsize=(5.0, 3.6))
-    top = float(radius.max()) if radius.size and math.isfinite(float(radius.max())) else 1.0
-    axis.hist(radius, bins=bins, range=(0.0, max(top, 1e-6)))
-    axis.set_xlabel("certified l2 radius")
-    axis.set_ylabel("samples")
-    axis.set_title(title)
-    return _save(figure, path)

@@ -8,14 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from crmt.robustness.evaluation import RobustnessResults
 from crmt.robustness.figures import (
     plot_accuracy_vs_radius,
     plot_certified_accuracy,
     plot_eta_ratio_heatmap,
-    plot_radius_histogram,
 )
 
 
@@ -79,10 +76,9 @@ class ReportFiles:
     accuracy_vs_radius: Path
     eta_ratio_heatmap: Path | None
     certified_accuracy: Path | None
-    radius_histogram: Path | None
 
     def images(self) -> dict[str, Path]:
-        names = ("accuracy_vs_radius", "eta_ratio_heatmap", "certified_accuracy", "radius_histogram")
+        names = ("accuracy_vs_radius", "eta_ratio_heatmap", "certified_accuracy")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -108,7 +104,8 @@ def render_markdown(name: str, metrics: Mapping) -> str:
             "## Certified radii",
             "",
             f"Lipschitz constants: {metrics['certified']['lipschitz']}. Audit: l2-PGD with "
-            f"{settings['audit_steps']} steps inside {settings['audit_fraction']} x each estimated radius beat "
+            f"{settings['audit_steps']} steps inside {settings['audit_fraction']} x each estimated radius, from the "
+            f"multi-modal PGD's example rescaled into it, beat "
             f"{audit['violations']} of {audit['eligible']} certified samples (violation rate "
             f"{audit['violation_rate']:.3f}).",
             "",
@@ -135,7 +132,7 @@ def write_report(results: RobustnessResults, folder: Path, name: str) -> ReportF
         folder / "accuracy_vs_radius.png",
         f"{name}: accuracy under l2-PGD",
     )
-    heatmap_path = certified_path = histogram_path = None
+    heatmap_path = certified_path = None
     ratio = results.eta_ratio()
     if ratio is not None:
         heatmap_path = plot_eta_ratio_heatmap(ratio.cpu().numpy(), metrics["eta_ratio"]["pair"], folder / "eta_ratio_heatmap.png")
@@ -148,7 +145,4 @@ def write_report(results: RobustnessResults, folder: Path, name: str) -> ReportF
         certified_path = plot_certified_accuracy(
             metrics["certified"]["radius_grid"], certified, folder / "certified_accuracy.png", f"{name}: certified accuracy"
         )
-        histogram_path = plot_radius_histogram(
-            np.asarray(results.records["radius"].float().cpu()), folder / "radius_histogram.png", f"{name}: estimated radii"
-        )
-    return ReportFiles(markdown_path, metrics_path, accuracy_path, heatmap_path, certified_path, histogram_path)
+    return ReportFiles(markdown_path, metrics_path, accuracy_path, heatmap_path, certified_path)
