@@ -8,7 +8,7 @@ modality's FGM direction is its part of the joint gradient) and the first step o
 without random start; when the Lipschitz table is estimated over the evaluated samples, the
 estimator's score gradients give them without a backward pass of their own. Uni-modal attacks
 run only the attacked encoder; the other modalities' features are computed once. The curves
-continue from the table's attacks (see ``_BatchAttacks.curve``) and the radius audit from the
+continue from the table's attacks (see ``_BatchAttacks.curves``) and the radius audit from the
 multi-modal PGD's examples.
 
 Only correctly classified samples are attacked. Records (per sample): ``label``, ``logits``
@@ -53,13 +53,13 @@ class RobustnessSettings:
         steps / step_fraction / random_start: PGD settings (4 steps of eps / 3, no random start).
         missing_fill: value of a missing modality's normalised input (0: the data mean).
         curve_radii: increasing budgets of the accuracy-vs-radius curves (PGD continued across the
-            radii from the table's attack, multi-modal and per modality; see ``_BatchAttacks.curve``).
+            radii from the table's attack, multi-modal and per modality; see ``_BatchAttacks.curves``).
         curve_steps: PGD steps at each curve radius other than the table's budget.
         certify: compute estimated certified radii (needs a certifiable model).
         sound_certificate: also compute radii from sound Lipschitz upper bounds.
         audit_samples: how many samples (per rank) the radius audit attacks; 0 turns it off.
         audit_steps / audit_fraction: PGD steps and budget (fraction of the radius) of the audit,
-            which starts from the multi-modal table attack's example projected into that budget.
+            which starts from the multi-modal table attack's example rescaled to that budget.
         audit_sound: audit the sound radii too (they must show no violation).
         radius_grid: radii at which certified accuracy is reported.
         seed: seeds random starts.
@@ -165,8 +165,9 @@ class _BatchAttacks:
             offset += len(i)
             still = torch.zeros_like(self.clean)
             still[i] = correct[part]
-            full = [x.clone() for x in self.inputs]
+            full = list(self.inputs)
             for m in a.attacked:
+                full[m] = full[m].clone()
                 full[m][i] = adversarial[m][part]
             outcomes.append(_Outcome(still, full))
         return outcomes
