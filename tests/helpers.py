@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -54,20 +55,26 @@ class TensorAVDataModule(LightningDataModule):
 
 
 
-def fit_tiny(model: LightningModule, data: TensorAVDataModule, epochs: int, **trainer_kwargs) -> LightningModule:
-    """Train ``model`` on ``data`` on the CPU with no logger, progress bar or checkpoints; returns it in eval mode."""
-    trainer = Trainer(
-        max_epochs=epochs,
+def make_trainer(max_epochs: int, tmp_path=None, callbacks=(), **kwargs) -> Trainer:
+    """A CPU Trainer with no logger, progress bar or sanity check; checkpoints only with a ModelCheckpoint callback."""
+    return Trainer(
+        max_epochs=max_epochs,
         accelerator="cpu",
         devices=1,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
         num_sanity_val_steps=0,
-        **trainer_kwargs,
+        **kwargs,
     )
-    trainer.fit(model, datamodule=data)
+
+
+def fit_tiny(model: LightningModule, data: TensorAVDataModule, epochs: int, **trainer_kwargs) -> LightningModule:
+    """Train ``model`` on ``data`` on the CPU with no logger, progress bar or checkpoints; returns it in eval mode."""
+    make_trainer(epochs, **trainer_kwargs).fit(model, datamodule=data)
     return model.eval()
 
 

@@ -11,8 +11,8 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TensorAVDataModule
-from lightning.pytorch import Callback, Trainer, seed_everything
+from helpers import TensorAVDataModule, make_trainer
+from lightning.pytorch import Callback, seed_everything
 
 from crmt.losses import mixup_margin_regularizer
 from crmt.mixing import mix_inputs
@@ -45,22 +45,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_trainer(max_epochs: int, tmp_path, callbacks=(), **kwargs) -> Trainer:
-    return Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
 
 
 def first_batch(data: TensorAVDataModule) -> dict[str, torch.Tensor]:

@@ -6,10 +6,10 @@ import copy
 from functools import partial
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from helpers import TensorAVDataModule
+from helpers import TensorAVDataModule, make_trainer
 from crmt.robustness.certify import runner_up_bound
 from crmt.strategies import crmt as crmt_strategy
 from crmt.strategies import CRMTJointTraining, JointTraining
@@ -24,22 +24,6 @@ def make_model(num_classes: int = 3, step1_epochs: int = 2, step2_epochs: int = 
         step2_epochs=step2_epochs,
         optimizer=partial(torch.optim.Adam, lr=1e-2),
         step2_optimizer=partial(torch.optim.Adam, lr=5e-2),
-    )
-
-
-def make_trainer(max_epochs: int, tmp_path, callbacks=(), **kwargs) -> Trainer:
-    return Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-        num_sanity_val_steps=0,
-        **kwargs,
     )
 
 
