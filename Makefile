@@ -13,9 +13,10 @@ PYTEST_ARGS ?=
 DATA ?= ks
 ROOT ?=
 WORKERS ?= 2
+SEEDS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval compare sweep agent validate test test-full bench clean prepare
+.PHONY: help install train eval compare sweep agent validate test test-full bench bench-scale clean prepare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,8 +38,8 @@ eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt CKPT=
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint path>"; exit 2; }
 	$(BIN)/python -m crmt test --config experiments/$(EXP).yaml --ckpt_path $(CKPT) $(ARGS)
 
-compare: $(STAMP) ## train EXPS (default: every strategy) on the same data and seed, one table: make compare EXPS="jt crmt_jt"
-	$(BIN)/python -m crmt.compare $(EXPS) $(if $(ARGS),--args "$(ARGS)")
+compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 (+ experiments/data/<DATA>.yaml if DATA given): mean +/- std tables, bootstrap-judged orderings: make compare EXPS="jt crmt_jt crmt_at" SEEDS=3 DATA=embedded_misleading
+	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(ARGS),--args "$(ARGS)")
 
 sweep: $(STAMP) ## create the W&B sweep experiments/sweeps/$(SWEEP).yaml (needs `wandb login`)
 	$(BIN)/wandb sweep experiments/sweeps/$(SWEEP).yaml
@@ -63,6 +64,9 @@ bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2,
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.report
 	$(BIN)/python -m benchmarks.loader
+
+bench-scale: $(STAMP) ## step-1 clips/s (Lightning vs plain loop, fp32 vs bf16), tau~ loop vs batched, step 2 vs step 1, memory; ARGS="--paper-sizes" for K=31, 224x224, ResNet18 w64
+	$(BIN)/python -m benchmarks.scale $(ARGS)
 
 clean: ## remove generated data, runs and caches (keeps .venv)
 	rm -rf data runs wandb .pytest_cache

@@ -3,10 +3,19 @@
 Class ``c`` of ``K`` shows drifting stripes at angle ``pi c / K`` tinted with hue ``c / K``, and
 sounds a three-harmonic tone at a class pitch (log-spaced over 300-3000 Hz) with a class
 tremolo rate. Each clip adds random nuisances (brightness, contrast, stripe frequency and
-motion, pitch and hue jitter, loudness, panning) and Gaussian noise scaled by ``visual_noise``
-/ ``audio_noise`` relative to the signal. With probability ``visual_confusion`` /
-``audio_confusion`` a modality shows another (uniformly drawn) class instead, which caps how
-well that modality alone can do: the defaults make audio the easier modality.
+motion, pitch jitter, loudness, panning) and Gaussian noise scaled by ``visual_noise`` /
+``audio_noise`` relative to the signal. The clip's hue and stripe angle are drawn within
+``visual_jitter`` classes of its own (the angle within three quarters of that), so with a
+jitter above one half neighbouring classes overlap and vision alone cannot be sure of the
+class: a *weaker* modality that still points at the right class. With probability
+``visual_confusion`` / ``audio_confusion`` a modality instead shows another (uniformly drawn)
+class outright: a *misleading* modality. Likewise the clip's pitch and tremolo rate are drawn
+within ``audio_jitter`` classes of its own.
+
+The defaults are the paper's setting (two label-consistent modalities of unequal strength,
+audio the stronger): no confusion, and jitters (:data:`AUDIO_JITTER`, :data:`VISUAL_JITTER`)
+chosen so that an audio-only model reaches about 0.9 test accuracy and a visual-only one
+about 0.7, neither at the ceiling.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ import numpy as np
 from data_modules.encoding import write_mp4
 from data_modules.manifest import SPLITS
 
+VISUAL_JITTER: Final = 0.7
+"""Default ``visual_jitter``: the design target is a visual-only accuracy of about 0.7 (README, embedded dataset)."""
+AUDIO_JITTER: Final = 0.55
+"""Default ``audio_jitter``: the design target is an audio-only accuracy of about 0.9."""
 GENERATOR_VERSION: Final = 1
 """Bump when the generated data changes for an unchanged spec, so cached datasets regenerate."""
 MANIFEST_NAME: Final = "manifest.csv"
@@ -39,8 +52,8 @@ class EmbeddedDatasetSpec:
 
     num_classes: int = 6
     train_per_class: int = 40
-    val_per_class: int = 10
-    test_per_class: int = 10
+    val_per_class: int = 20
+    test_per_class: int = 50
     clip_seconds: float = 1.0
     fps: int = 12
     video_size: int = 48
@@ -48,9 +61,11 @@ class EmbeddedDatasetSpec:
     clip_audio_channels: int = 2
     seed: int = 0
     audio_noise: float = 0.5
+    audio_jitter: float = AUDIO_JITTER
     visual_noise: float = 1.0
-    audio_confusion: float = 0.05
-    visual_confusion: float = 0.3
+    visual_jitter: float = VISUAL_JITTER
+    audio_confusion: float = 0.0
+    visual_confusion: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -64,7 +79,9 @@ class EmbeddedDatasetSpec:
             "audio_rate": 8000 <= self.audio_rate <= 96000,
             "clip_audio_channels": self.clip_audio_channels in (1, 2),
             "audio_noise": self.audio_noise >= 0,
+            "audio_jitter": self.audio_jitter >= 0,
             "visual_noise": self.visual_noise >= 0,
+            "visual_jitter": self.visual_jitter >= 0,
             "audio_confusion": 0 <= self.audio_confusion <= 1,
             "visual_confusion": 0 <= self.visual_confusion <= 1,
         }
@@ -155,8 +172,9 @@ def render_video(spec: EmbeddedDatasetSpec, pattern: int, rng: np.random.Generat
     """Drifting tinted stripes of class ``pattern`` plus pixel noise, uint8 ``(T, S, S, 3)``."""
     num_frames = round(spec.clip_seconds * spec.fps)
     size, classes = spec.video_size, spec.num_classes
-    angle = np.pi * (pattern + rng.uniform(-0.15, 0.15)) / classes
-    hue = (pattern + rng.uniform(-0.2, 0.2)) / classes % 1.0
+    jitter = spec.visual_jitter
+    angle = np.pi * (pattern + rng.uniform(-0.75 * jitter, 0.75 * jitter)) / classes
+    hue = (pattern + rng.uniform(-jitter, jitter)) / classes % 1.0
     colour = np.array(colorsys.hsv_to_rgb(hue, 0.85, 1.0))
     background = rng.uniform(0.1, 0.35) + rng.normal(0.0, 0.03, 3)
     contrast = rng.uniform(0.35, 0.55)
@@ -176,9 +194,10 @@ def render_video(spec: EmbeddedDatasetSpec, pattern: int, rng: np.random.Generat
 def render_audio(spec: EmbeddedDatasetSpec, pattern: int, rng: np.random.Generator) -> np.ndarray:
     """Tremolo tone of class ``pattern`` plus white noise, float32 ``(channels, n)`` peaking below 0.6."""
     num_samples = round(spec.clip_seconds * spec.audio_rate)
-    position = pattern / (spec.num_classes - 1)
-    pitch = _LOWEST_PITCH * (_HIGHEST_PITCH / _LOWEST_PITCH) ** position * rng.uniform(0.97, 1.03)
-    tremolo = 2.0 + 6.0 * position
+    jitter, span = spec.audio_jitter, spec.num_classes - 1
+    pitch_position = (pattern + rng.uniform(-jitter, jitter)) / span
+    pitch = _LOWEST_PITCH * (_HIGHEST_PITCH / _LOWEST_PITCH) ** pitch_position * rng.uniform(0.97, 1.03)
+    tremolo = 2.0 + 6.0 * (pattern + rng.uniform(-jitter, jitter)) / span
     times = np.arange(num_samples) / spec.audio_rate
     tone = sum(
         weight * np.sin(2 * np.pi * harmonic * pitch * times + rng.uniform(0, 2 * np.pi))

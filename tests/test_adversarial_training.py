@@ -87,6 +87,7 @@ def test_crmt_step2_ablation_trains_ce_only_then_changes_only_integration_weight
             "--data.init_args.train_per_class=4", "--data.init_args.val_per_class=2", "--data.init_args.test_per_class=2",
             "--data.init_args.num_workers=0", "--model.init_args.encoder_width=4",
             "--model.init_args.step1_epochs=1", "--model.init_args.step2_epochs=2",
+            "--model.init_args.step2_selection=last",
             "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", "--test_after_fit=false",
         ],
         callbacks=[recorder],

@@ -252,3 +252,37 @@ def test_evaluation_reports_an_audit_rate_in_unit_interval_and_every_table_colum
     for m in results.modalities:  # a uni-modal certificate is never smaller than the multi-modal one
         assert (results.records[f"radius_{m}"] >= radius - 1e-6).all()
     assert metrics["certified"]["multimodal"]["certified_accuracy"][0] == pytest.approx(clean)
+
+
+def test_crmt_radii_use_the_common_protocol_and_its_own_tau_beside_it(trained_crmt, data):
+    """Every model's ``radius`` comes from the Lipschitz table estimated over the evaluated samples
+    (comparable across strategies); CRMT's training-set tau~ gives ``model_radius`` beside it."""
+    inputs, labels = validation_batch(data)
+    index = torch.arange(100, 100 + labels.shape[0])
+    evaluator = RobustnessEvaluator(trained_crmt, RobustnessSettings(curve_radii=(), audit_samples=0, sound_certificate=False))
+    evaluator.update(inputs, labels, index)
+    results = evaluator.finalize()
+
+    estimator = LipschitzEstimator(trained_crmt)
+    estimator.update(inputs)
+    logits = predict_logits(trained_crmt, inputs)
+    expected = certified_radius(logits, labels, estimator.pair_lipschitz())
+    own = certified_radius(logits, labels, trained_crmt.known_pair_lipschitz())
+    assert torch.allclose(results.records["radius"], expected, atol=1e-5)
+    assert torch.allclose(results.records["model_radius"], own, atol=1e-5)
+    assert not torch.allclose(expected, own), "the two populations give different constants"
+    metrics = results.metrics()
+    assert metrics["certified"]["multimodal"]["mean"] == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert metrics["certified_model"]["multimodal"]["mean"] == pytest.approx(own.mean().item(), rel=1e-5)
+    assert "training set" in metrics["certified_model"]["lipschitz"]
+
+    per_sample = results.per_sample()
+    assert per_sample["index"] == index.tolist() and per_sample["label"] == labels.tolist()
+    assert per_sample["correct"]["clean"] == (logits.argmax(dim=1) == labels).int().tolist()
+    for key, value in metrics["accuracy"].items():
+        assert sum(per_sample["correct"][key]) / len(labels) == pytest.approx(value)
+
+
+def predict_logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(inputs).logits

@@ -5,17 +5,18 @@ from __future__ import annotations
 import copy
 from functools import partial
 
+import pytest
 import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from helpers import TensorAVDataModule, make_trainer
-from crmt.robustness.certify import runner_up_bound
+from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
 from crmt.strategies import crmt as crmt_strategy
 from crmt.strategies import CRMTJointTraining, JointTraining
 
 
-def make_model(num_classes: int = 3, step1_epochs: int = 2, step2_epochs: int = 2) -> CRMTJointTraining:
+def make_model(num_classes: int = 3, step1_epochs: int = 2, step2_epochs: int = 2, **kwargs) -> CRMTJointTraining:
     return CRMTJointTraining(
         num_classes=num_classes,
         input_shapes=TensorAVDataModule.input_shapes,
@@ -23,7 +24,7 @@ def make_model(num_classes: int = 3, step1_epochs: int = 2, step2_epochs: int = 
         step1_epochs=step1_epochs,
         step2_epochs=step2_epochs,
         optimizer=partial(torch.optim.Adam, lr=1e-2),
-        step2_optimizer=partial(torch.optim.Adam, lr=5e-2),
+        **{"step2_optimizer": partial(torch.optim.Adam, lr=5e-2), **kwargs},
     )
 
 
@@ -57,7 +58,7 @@ def cached_mean_bound(model: CRMTJointTraining) -> float:
 
 def test_phase_switches_at_step1_epochs_and_step2_changes_only_integration(tmp_path, tensor_data):
     seed_everything(0)
-    model = make_model(step1_epochs=2, step2_epochs=3)
+    model = make_model(step1_epochs=2, step2_epochs=3, step2_selection="last")
     recorder = PhaseRecorder(step1_epochs=2)
     make_trainer(5, tmp_path, [recorder]).fit(model, datamodule=tensor_data)
 
@@ -70,6 +71,63 @@ def test_phase_switches_at_step1_epochs_and_step2_changes_only_integration(tmp_p
     assert sorted(changed) == ["head.integration", "phase", "tau"], changed
     assert recorder.bound_at_switch is not None
     assert cached_mean_bound(model) > recorder.bound_at_switch
+
+
+class IntegrationRecorder(Callback):
+    """a^(m) at the switch and after each step-2 epoch's updates (callbacks run before the module's
+    own epoch-end hook, where the selection happens)."""
+
+    def __init__(self, step1_epochs: int) -> None:
+        self.step1_epochs = step1_epochs
+        self.weights: list[torch.Tensor] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.step1_epochs:
+            self.weights.append(pl_module.head.integration.detach().clone())
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch >= self.step1_epochs:
+            self.weights.append(pl_module.head.integration.detach().clone())
+
+
+def validation_certificate_by_forward(model: CRMTJointTraining, data, integration: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean certified radius) of the validation split from full forward passes with ``integration``."""
+    final = model.head.integration.detach().clone()
+    correct, radii = [], []
+    with torch.no_grad():
+        model.head.integration.copy_(integration)
+        model.eval()
+        for batch in data.val_dataloader():
+            logits = model(model.inputs(batch)).logits
+            radii.append(certified_radius(logits, batch["label"], orthogonal_pair_lipschitz(integration, model.tau)))
+            correct.append(logits.argmax(dim=1) == batch["label"])
+        model.head.integration.copy_(final)
+    return torch.cat(correct).float().mean().item(), torch.cat(radii).mean().item()
+
+
+def test_step2_keeps_the_integration_weights_of_the_best_validation_epoch(tmp_path, tensor_data):
+    seed_everything(0)
+    model = make_model(step1_epochs=2, step2_epochs=5, step2_optimizer=partial(torch.optim.Adam, lr=2e-1))
+    recorder = IntegrationRecorder(step1_epochs=2)
+    make_trainer(7, tmp_path, [recorder]).fit(model, datamodule=tensor_data)
+
+    assert len(recorder.weights) == 6  # the switch and 5 step-2 epochs
+    scores = [validation_certificate_by_forward(model, tensor_data, a) for a in recorder.weights]
+    floor = scores[0][0]
+    admissible = [i for i, (accuracy, _) in enumerate(scores) if accuracy >= floor]
+    expected = max(admissible, key=lambda i: (scores[i][1], -i))
+    assert int(model.best_step2_epoch) == expected + 1, (scores, int(model.best_step2_epoch))
+    assert torch.equal(model.head.integration.detach(), recorder.weights[expected])
+    assert float(model.best_val_radius) == pytest.approx(scores[expected][1], rel=1e-5)
+
+
+def test_step2_selection_last_keeps_the_final_integration_weights(tmp_path, tensor_data):
+    seed_everything(0)
+    model = make_model(step1_epochs=2, step2_epochs=3, step2_selection="last", step2_optimizer=partial(torch.optim.Adam, lr=2e-1))
+    recorder = IntegrationRecorder(step1_epochs=2)
+    make_trainer(5, tmp_path, [recorder]).fit(model, datamodule=tensor_data)
+    assert torch.equal(model.head.integration.detach(), recorder.weights[-1])
+    assert not torch.equal(recorder.weights[-1], recorder.weights[0])
 
 
 def test_resume_from_step2_checkpoint_continues_step2(tmp_path, tensor_data, monkeypatch):

@@ -1,143 +1,258 @@
-"""``python -m crmt.compare [EXPERIMENT ...]`` (``make compare``): train several strategies on the same
-data with the same seed, then put their robustness reports side by side.
+"""``python -m crmt.compare [EXPERIMENT ...] [--seeds N | --seed-list S ...] [--data NAME]``
+(``make compare``): train several strategies on the same data over the same seeds, then put their
+robustness reports side by side with mean ± std over seeds and the paper's orderings judged by a
+paired two-level bootstrap (see :mod:`crmt.statistics`).
 
-Each experiment runs as its own ``python -m crmt fit --config experiments/<name>.yaml`` process
-(so W&B runs and global state never mix) with its report written to ``<out>/<name>/``; an
-experiment whose ``metrics.json`` already exists is reused unless ``--force``. The result,
-``<out>/compare.md``, holds the accuracy table in the layout of the paper's Tables 1 and 2, the
-certified radii, the wall time of each run, which of the paper's orderings hold, and the
-ablation figure (the paper's Figure 5) ``<out>/ablation.png``.
+Each (experiment, seed) runs as its own process (so W&B runs and global state never mix)::
+
+    python -m crmt fit --config experiments/<name>.yaml [--config experiments/data/<DATA>.yaml]
+        --seed_everything <s> --data.init_args.seed <s> --report_dir <out>/<name>/seed<s> <ARGS>
+
+Its folder holds ``train.log``, the report (``metrics.json``, ``per_sample.json``, ...) and
+``run.json``: the command's arguments (without the Python executable), the SHA-256 of every config
+file involved (``experiments/defaults.yaml``, the experiment's, the data's) and of the code (every
+``.py`` file of ``src/crmt`` and ``data_modules``, where the defaults of every class and the
+embedded data's design live), and the wall time. A finished run is reused only when its
+``run.json`` records the same arguments and hashes;
+otherwise (or with ``--force``) it is run again, and the reason is printed. The results,
+``<out>/compare.md``, ``<out>/compare.json`` and ``<out>/ablation.png`` (the paper's Figure 5), are
+written by :mod:`crmt.compare_report`. ``<out>`` defaults to ``runs/compare/<DATA or embedded>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from crmt.robustness.figures import plot_accuracy_vs_radius
-from crmt.robustness.report import accuracy_table, certificate_table
+from crmt.compare_report import SeedRun, load_run, write_comparison
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+DATA_DIR = EXPERIMENTS_DIR / "data"
+DEFAULTS_FILE = EXPERIMENTS_DIR / "defaults.yaml"
+"""Read by ``python -m crmt`` before every experiment file (see :mod:`crmt.cli`)."""
 ALL_EXPERIMENTS = (
     "jt", "ojt", "gb", "ogm", "pmr", "msefm", "mmat", "mixup",
     "crmt_jt", "crmt_at", "crmt_mix", "crmt_step1", "crmt_step2", "mmt", "crmt_mmt",
 )
 """Every strategy of the paper on the embedded dataset, the default of ``make compare``."""
-ABLATION = ("jt", "ojt", "crmt_step1", "crmt_step2", "crmt_jt")
-"""The models of the paper's ablation figure (Figure 5)."""
+REPORT_FILES = ("metrics.json", "per_sample.json")
+"""What a finished run's report folder must hold."""
 
 
-def run_experiment(name: str, out: Path, extra_args: Sequence[str], force: bool) -> dict:
-    """Train and test ``experiments/<name>.yaml`` (unless already done) and return its metrics."""
-    config = EXPERIMENTS_DIR / f"{name}.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"experiment {name!r}: {config} does not exist")
-    folder = out / name
-    metrics_path = folder / "metrics.json"
-    if metrics_path.is_file() and not force:
-        print(f"[compare] {name}: reusing {metrics_path}", flush=True)
-        return json.loads(metrics_path.read_text(encoding="utf-8"))
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "crmt", "fit", "--config", str(config), "--report_dir", str(folder), *extra_args]
-    print(f"[compare] {name}: {shlex.join(command)} (log: {folder / 'train.log'})", flush=True)
-    start = time.perf_counter()
-    with (folder / "train.log").open("w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0 or not metrics_path.is_file():
-        raise RuntimeError(f"experiment {name!r} failed (exit code {result.returncode}); see {folder / 'train.log'}")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    metrics["wall_seconds"] = seconds
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    print(f"[compare] {name}: done in {seconds:.0f} s", flush=True)
-    return metrics
+def _available(folder: Path) -> str:
+    names = sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "defaults") if folder.is_dir() else []
+    return ", ".join(names) or "none"
 
 
-def paper_orderings(metrics: Mapping[str, Mapping], modalities: Sequence[str]) -> list[str]:
-    """Whether the paper's headline orderings hold among the compared models, one line each."""
-    lines = []
-
-    def accuracy(name: str, key: str) -> float:
-        return metrics[name]["accuracy"][key]
-
-    if {"jt", "crmt_jt"} <= metrics.keys():
-        for key, title in (("clean", "clean"), ("fgm", "FGM"), ("pgd", "PGD-l2")):
-            holds = accuracy("crmt_jt", key) > accuracy("jt", key)
-            lines.append(f"CRMT-JT above JT, {title}: {'holds' if holds else 'does not hold'} "
-                         f"({accuracy('crmt_jt', key):.3f} vs {accuracy('jt', key):.3f})")
-    if "crmt_at" in metrics and len(metrics) > 1:
-        for key, title in (("fgm", "FGM"), ("pgd", "PGD-l2")):
-            best = max(metrics, key=lambda name: accuracy(name, key))
-            holds = accuracy("crmt_at", key) >= accuracy(best, key)
-            lines.append(f"CRMT-AT best under {title}: {'holds' if holds else f'does not hold (best: {best})'} "
-                         f"({accuracy('crmt_at', key):.3f} vs {accuracy(best, key):.3f})")
-    if {"jt", "crmt_jt"} <= metrics.keys() and len(modalities) == 2:
-        first, second = (f"pgd_{name}" for name in modalities)
-        gaps = {name: abs(accuracy(name, first) - accuracy(name, second)) for name in ("jt", "crmt_jt")}
-        holds = gaps["crmt_jt"] < gaps["jt"]
-        lines.append(f"gap between uni-modal PGD on {modalities[0]} and on {modalities[1]} smaller for CRMT-JT than JT: "
-                     f"{'holds' if holds else 'does not hold'} ({gaps['crmt_jt']:.3f} vs {gaps['jt']:.3f})")
-    return lines
-
-
-def write_comparison(metrics: Mapping[str, Mapping], out: Path) -> Path:
-    """``compare.md`` and ``ablation.png`` from the metrics of each experiment."""
-    modalities = next(iter(metrics.values()))["modalities"]
-    parts = [
-        "# Comparison of training strategies",
-        "",
-        "Same data and seed for every model; attacks as in the paper's protocol (see each `<name>/report.md`).",
-        "",
-        "## Accuracy (Tables 1 and 2 layout)",
-        "",
-        accuracy_table(metrics, modalities),
-        "",
-        "## Certified radii",
-        "",
-        certificate_table(metrics, modalities),
-        "",
-        "## Paper orderings",
-        "",
-        *[f"- {line}" for line in paper_orderings(metrics, modalities)],
-        "",
-        "## Wall time (train + test + report)",
-        "",
-        *[f"- {name}: {m['wall_seconds']:.0f} s" for name, m in metrics.items() if "wall_seconds" in m],
-    ]
-    ablation = {name: metrics[name]["curves"] for name in ABLATION if name in metrics}
-    if ablation:
-        radii = next(iter(ablation.values()))["radii"]
-        path = plot_accuracy_vs_radius(
-            radii, {name: curves["multimodal"] for name, curves in ablation.items()}, out / "ablation.png",
-            "ablation: accuracy under multi-modal l2-PGD",
-        )
-        parts += ["", f"Ablation figure (the paper's Figure 5): `{path}`"]
-    path = out / "compare.md"
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+def experiment_config(name: str) -> Path:
+    """``experiments/<name>.yaml``; ``FileNotFoundError`` listing the experiments if it does not exist."""
+    path = EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment {name!r}: {path} does not exist (experiments: {_available(EXPERIMENTS_DIR)})")
     return path
+
+
+def data_config(data: str) -> Path:
+    """``experiments/data/<data>.yaml``; ``FileNotFoundError`` listing the data configs if it does not exist."""
+    path = DATA_DIR / f"{data}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {data!r}: {path} does not exist (data configs: {_available(DATA_DIR)})")
+    return path
+
+
+def config_files(name: str, data: str | None) -> list[Path]:
+    """Every config file a run of ``name`` on ``data`` reads: defaults (if present), experiment, data."""
+    files = [DEFAULTS_FILE] if DEFAULTS_FILE.is_file() else []
+    files.append(experiment_config(name))
+    if data is not None:
+        files.append(data_config(data))
+    return files
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+CODE_KEY = "code: src/crmt/**/*.py, data_modules/**/*.py"
+"""The key of the code's hash among a run's recorded hashes."""
+NOT_RUN_CODE = frozenset({"compare.py", "compare_report.py", "statistics.py", "unimodal.py"})
+"""Modules of ``src/crmt`` that a training run never imports (they read finished runs), left out of the hash."""
+
+
+def code_sha256(root: Path) -> str:
+    """One SHA-256 over every ``.py`` file of ``root/src/crmt`` and ``root/data_modules`` (relative path
+    and bytes, sorted), except the comparison's own modules (:data:`NOT_RUN_CODE`)."""
+    digest = hashlib.sha256()
+    for folder in (root / "src" / "crmt", root / "data_modules"):
+        for path in sorted(folder.rglob("*.py")) if folder.is_dir() else ():
+            if path.parent == root / "src" / "crmt" and path.name in NOT_RUN_CODE:
+                continue
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when inside it (the command's form), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One (experiment, seed) run: where it goes, its command's arguments after the Python
+    executable, and the SHA-256 of its config files (keyed by path relative to the project)."""
+
+    name: str
+    seed: int
+    data: str | None
+    folder: Path
+    arguments: tuple[str, ...]
+    config_sha256: dict[str, str]
+
+    def record(self, wall_seconds: float) -> dict:
+        """The content of ``run.json`` after a successful run."""
+        return {
+            "experiment": self.name,
+            "seed": self.seed,
+            "data": self.data,
+            "arguments": list(self.arguments),
+            "config_sha256": dict(self.config_sha256),
+            "wall_seconds": wall_seconds,
+        }
+
+
+def plan_run(name: str, seed: int, out: Path, data: str | None = None, extra_args: Sequence[str] = ()) -> RunPlan:
+    """The run of experiment ``name`` with ``seed`` (Lightning's seed and the data module's) into ``out/<name>/seed<seed>``."""
+    files = config_files(name, data)
+    folder = Path(out) / name / f"seed{seed}"
+    arguments = ["-m", "crmt", "fit", "--config", _shown(experiment_config(name))]
+    if data is not None:
+        arguments += ["--config", _shown(data_config(data))]
+    arguments += ["--seed_everything", str(seed), "--data.init_args.seed", str(seed), "--report_dir", str(folder), *extra_args]
+    hashes = {str(Path(f).resolve().relative_to(PROJECT_ROOT)): sha256_file(f) for f in files}
+    hashes[CODE_KEY] = code_sha256(PROJECT_ROOT)
+    return RunPlan(name, seed, data, folder, tuple(arguments), hashes)
+
+
+def rerun_reason(plan: RunPlan, force: bool = False) -> str | None:
+    """Why ``plan`` must run (None: its folder holds a finished run with the same arguments and config hashes)."""
+    if force:
+        return "--force"
+    record_path = plan.folder / "run.json"
+    if not record_path.is_file():
+        return "no run.json (never run, unfinished, or run by an older crmt.compare)"
+    missing = [name for name in REPORT_FILES if not (plan.folder / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        return f"run.json unreadable ({error})"
+    if record.get("arguments") != list(plan.arguments):
+        return f"arguments changed: {shlex.join(record.get('arguments') or [])!r} -> {shlex.join(plan.arguments)!r}"
+    old = record.get("config_sha256") or {}
+    if old != plan.config_sha256:
+        changed = sorted(key for key in old.keys() | plan.config_sha256.keys() if old.get(key) != plan.config_sha256.get(key))
+        return f"config files changed: {', '.join(changed)}"
+    return None
+
+
+def launch(command: Sequence[str], log: Path) -> int:
+    """Run ``command`` with its output in ``log``; return its exit code."""
+    with Path(log).open("w", encoding="utf-8") as stream:
+        return subprocess.run(list(command), stdout=stream, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def execute(plan: RunPlan, force: bool = False) -> SeedRun:
+    """Reuse ``plan``'s finished run, or run it (printing why) and record ``run.json``."""
+    label = f"{plan.name} seed {plan.seed}"
+    reason = rerun_reason(plan, force)
+    if reason is None:
+        print(f"[compare] {label}: reusing {plan.folder} (same arguments and config files)", flush=True)
+        return load_run(plan.name, plan.seed, plan.folder)
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    for name in ("run.json", *REPORT_FILES):
+        (plan.folder / name).unlink(missing_ok=True)
+    log = plan.folder / "train.log"
+    command = [sys.executable, *plan.arguments]
+    print(f"[compare] {label}: running because {reason}", flush=True)
+    print(f"[compare] {label}: {shlex.join(command)} (log: {log})", flush=True)
+    start = time.perf_counter()
+    code = launch(command, log)
+    seconds = time.perf_counter() - start
+    missing = [name for name in REPORT_FILES if not (plan.folder / name).is_file()]
+    if code != 0 or missing:
+        detail = f"exit code {code}" + (f", no {' or '.join(missing)} written" if missing else "")
+        raise RuntimeError(f"experiment {plan.name!r} seed {plan.seed} failed ({detail}); see {log}")
+    (plan.folder / "run.json").write_text(json.dumps(plan.record(seconds), indent=2) + "\n", encoding="utf-8")
+    print(f"[compare] {label}: done in {seconds:.0f} s", flush=True)
+    return load_run(plan.name, plan.seed, plan.folder)
+
+
+def run_all(
+    names: Sequence[str], seeds: Sequence[int], out: Path, data: str | None = None,
+    extra_args: Sequence[str] = (), force: bool = False,
+) -> dict[str, list[SeedRun]]:
+    """Every (experiment, seed) run, seed by seed (a data module generating data per seed does so once
+    per seed), as ``{name: [run of each seed]}``. Every config is checked before anything runs."""
+    plans = {(name, seed): plan_run(name, seed, out, data, extra_args) for seed in seeds for name in names}
+    runs: dict[str, list[SeedRun]] = {name: [] for name in names}
+    for seed in seeds:
+        for name in names:
+            runs[name].append(execute(plans[name, seed], force))
+    return runs
+
+
+def seed_list(count: int | None, explicit: Sequence[int] | None) -> list[int]:
+    """The seeds to run: ``explicit`` if given, else 0..count-1; distinct and non-negative."""
+    seeds = list(explicit) if explicit else list(range(count if count is not None else 1))
+    if not seeds:
+        raise ValueError("need at least one seed")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds must be distinct and non-negative, got {seeds}")
+    return seeds
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiments", nargs="*", default=list(ALL_EXPERIMENTS), help="experiment names (default: all)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, metavar="N", help="run seeds 0..N-1 (default 1)")
+    seeds.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="S", help="run these seeds")
+    parser.add_argument("--data", default=None, help="also read experiments/data/<DATA>.yaml in every run")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/compare/<DATA or embedded>)")
+    parser.add_argument("--args", default="", help="LightningCLI overrides passed to every run, e.g. '--trainer.max_epochs 2'")
+    parser.add_argument("--force", action="store_true", help="rerun every run even when a matching finished one exists")
+    parser.add_argument("--replicates", type=int, default=10_000, help="bootstrap replicates per ordering (default 10000)")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiments", nargs="*", default=list(ALL_EXPERIMENTS), help="experiment names (default: all)")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
-    parser.add_argument("--args", default="", help="LightningCLI overrides passed to every run, e.g. '--trainer.max_epochs 2'")
-    parser.add_argument("--force", action="store_true", help="retrain experiments whose metrics.json exists")
-    options = parser.parse_args(argv)
+    """Run (or reuse) every (experiment, seed), write the comparison, print it; return ``compare.md``'s path."""
+    options = _parser().parse_args(argv)
+    seeds = seed_list(options.seeds, options.seed_list)
+    names = list(dict.fromkeys(options.experiments))
+    out = options.out or Path("runs/compare") / (options.data or "embedded")
     start = time.perf_counter()
-    metrics = {
-        name: run_experiment(name, options.out, shlex.split(options.args), options.force) for name in options.experiments
-    }
-    path = write_comparison(metrics, options.out)
-    print(path.read_text(encoding="utf-8"))
-    print(f"[compare] {len(metrics)} experiments in {time.perf_counter() - start:.0f} s; written {path}")
-    return path
+    runs = run_all(names, seeds, out, options.data, shlex.split(options.args), options.force)
+    markdown, results = write_comparison(runs, out, options.data, options.replicates, elapsed=time.perf_counter() - start)
+    print(markdown.read_text(encoding="utf-8"))
+    print(f"[compare] {len(names)} experiments x {len(seeds)} seeds in {time.perf_counter() - start:.0f} s; "
+          f"written {markdown} and {results}")
+    return markdown
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def scalar_metrics(results: RobustnessResults, prefix: str) -> dict[str, float]:
     """Flat scalars of an evaluation: attack accuracies, radius mean/median, eta log-ratio, audit rate."""
     metrics = results.metrics()
     scalars = {f"{prefix}/acc_{key}": value for key, value in metrics["accuracy"].items()}
-    for section, name in (("certified", "radius"), ("certified_sound", "sound_radius")):
+    for section, name in (("certified", "radius"), ("certified_model", "model_radius"), ("certified_sound", "sound_radius")):
         certified = metrics.get(section, {})
         for key in ("multimodal", *results.modalities):
             if key in certified:
@@ -176,7 +176,7 @@ class RobustnessReport(Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch is not None:
-            self.evaluator.update(pl_module.inputs(batch), batch["label"])
+            self.evaluator.update(pl_module.inputs(batch), batch["label"], batch.get("index"))
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.results = results = _finalize(self.evaluator, trainer, pl_module)

@@ -82,7 +82,7 @@ class OrthogonalFusion(nn.Module):
 
     per_class_certificate: ClassVar[bool] = True
 
-    def __init__(self, feature_dims: Sequence[int], num_classes: int, init_integration: float = 1.0) -> None:
+    def __init__(self, feature_dims: Sequence[int], num_classes: int, init_integration: float = 0.1) -> None:
         super().__init__()
         for m, dim in enumerate(feature_dims):
             if dim < num_classes:

@@ -12,7 +12,7 @@ continue from the table's attacks (see ``_BatchAttacks.curves``) and the radius 
 multi-modal PGD's examples.
 
 Only correctly classified samples are attacked. Records (per sample): ``label``, ``logits``
-(K,), and one bool per attack, True where the attacked sample is still classified correctly: ``clean``, ``fgm``, ``pgd`` (multi-modal),
+(K,), ``index`` (the dataset index, when the batches carry one), and one bool per attack, True where the attacked sample is still classified correctly: ``clean``, ``fgm``, ``pgd`` (multi-modal),
 ``fgm_<m>``, ``pgd_<m>`` (uni-modal on modality <m>), ``missing_<m>``, and the accuracy
 curves ``curve_multimodal`` / ``curve_<m>`` (R,) over ``curve_radii``.
 """
@@ -317,6 +317,7 @@ class RobustnessResults:
     records: dict[str, torch.Tensor]
     pair_lipschitz: torch.Tensor | None = None
     lipschitz_source: str = "not certified"
+    model_pair_lipschitz: torch.Tensor | None = None
     sound_pair_lipschitz: torch.Tensor | None = None
     sound_note: str = ""
     audit: dict[str, int] = field(default_factory=dict)
@@ -369,11 +370,28 @@ class RobustnessResults:
                 "mean_log_ratio": off_diagonal.clamp_min(1e-12).log().mean().item() if off_diagonal.numel() else None,
             }
             metrics["audit"] = dict(self.audit)
+        if "model_radius" in self.records:
+            metrics["certified_model"] = self._certificate_metrics("model_radius", MODEL_LIPSCHITZ_SOURCE)
         if "sound_radius" in self.records:
             metrics["certified_sound"] = self._certificate_metrics("sound_radius", "sound upper bound")
         elif self.sound_note:
             metrics["certified_sound"] = {"note": self.sound_note}
         return metrics
+
+    def per_sample(self) -> dict:
+        """Per-sample outcomes, JSON-ready, for paired statistics across models (``per_sample.json``):
+        ``index`` (dataset index; the row number when unknown), ``label``, ``correct`` (0/1 per
+        Table-2 column) and, when certified, ``radius`` (common protocol) and ``model_radius``."""
+        index = self.records.get("index", torch.arange(self.samples))
+        values: dict = {
+            "index": index.tolist(),
+            "label": self.records["label"].tolist(),
+            "correct": {key: self.records[key].int().tolist() for key in self.attack_keys()},
+        }
+        for key in ("radius", "model_radius"):
+            if key in self.records:
+                values[key] = self.records[key].float().tolist()
+        return values
 
     def _certificate_metrics(self, prefix: str, source: str) -> dict:
         correct = self.records["clean"]
@@ -399,12 +417,17 @@ class _AuditChunk(NamedTuple):
     start: list[torch.Tensor]
 
 
+EVALUATED_LIPSCHITZ_SOURCE = "estimated (max input-gradient norms over the evaluated samples)"
+MODEL_LIPSCHITZ_SOURCE = "estimated (the model's own tau~, max over the training set, as in the paper)"
+
+
 class RobustnessEvaluator:
     """Accumulates :func:`evaluate_batch` records and Lipschitz estimates; ``finalize`` certifies and audits.
 
-    The pair Lipschitz table comes from the model when it has one (CRMT after its phase switch:
-    tau~ over the training set, as in the paper) and is otherwise estimated over the evaluated
-    samples themselves.
+    Every model's radii (``radius``) come from one protocol, so that they compare across
+    strategies: the pair Lipschitz table estimated over the evaluated samples themselves. A
+    model with a table of its own (CRMT after its phase switch: tau~ over the training set, as
+    in the paper) also gets ``model_radius`` from it, reported beside and labelled.
     """
 
     def __init__(self, model, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None) -> None:
@@ -416,18 +439,20 @@ class RobustnessEvaluator:
         self.audit_chunks: list[_AuditChunk] = []
         self.estimator: LipschitzEstimator | None = None
         self.certifying = settings.certify and getattr(model, "certifiable", False)
-        if self.certifying and model.known_pair_lipschitz() is None:
+        if self.certifying:
             self.estimator = LipschitzEstimator(model)
 
     @property
     def audit_count(self) -> int:
         return sum(int(chunk.labels.shape[0]) for chunk in self.audit_chunks)
 
-    def update(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
-        """Evaluate one batch (inputs in the model's modality order, labels (B,))."""
+    def update(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """Evaluate one batch (inputs in the model's modality order, labels (B,), dataset indices (B,) if known)."""
         records, adversarial = evaluate_batch(
             self.model, inputs, labels, self.settings, self.pixel_ranges, self.generator, self.estimator
         )
+        if index is not None:
+            records["index"] = index.detach().clone()
         for key, value in records.items():
             self.chunks.setdefault(key, []).append(value.detach())
         room = self.settings.audit_samples - self.audit_count
@@ -449,13 +474,13 @@ class RobustnessEvaluator:
         if not self.certifying:
             results.sound_note = "the model is not certifiable" if self.settings.certify else ""
             return results
+        results.pair_lipschitz = self.estimator.pair_lipschitz(reduce_max)
+        results.lipschitz_source = EVALUATED_LIPSCHITZ_SOURCE
+        self._add_radii(results, "radius", results.pair_lipschitz)
         known = self.model.known_pair_lipschitz()
         if known is not None:
-            results.pair_lipschitz, results.lipschitz_source = known, "estimated (the model's tau~ from the training set)"
-        else:
-            results.pair_lipschitz = self.estimator.pair_lipschitz(reduce_max)
-            results.lipschitz_source = "estimated (max input-gradient norms over the evaluated samples)"
-        self._add_radii(results, "radius", results.pair_lipschitz)
+            results.model_pair_lipschitz = known
+            self._add_radii(results, "model_radius", known)
         results.audit = self._audit(results.pair_lipschitz, all_gather)
         if self.settings.sound_certificate:
             try:

@@ -47,7 +47,7 @@ def accuracy_table(metrics_by_name: Mapping[str, Mapping], modalities: Sequence[
 def certificate_table(metrics_by_name: Mapping[str, Mapping], modalities: Sequence[str]) -> str:
     """Markdown table of mean certified radii (estimated and sound), the audit and the eta log-ratio."""
     header = ["method", "mean radius", *(f"mean radius {m}" for m in modalities), "audit violations",
-              "mean sound radius", "mean log eta ratio"]
+              "mean radius, model's own tau~", "mean sound radius", "mean log eta ratio"]
     rows = []
     for name, metrics in metrics_by_name.items():
         certified = metrics.get("certified")
@@ -55,12 +55,14 @@ def certificate_table(metrics_by_name: Mapping[str, Mapping], modalities: Sequen
             rows.append([name, *["-"] * (len(header) - 1)])
             continue
         audit = metrics.get("audit", {})
+        own = metrics.get("certified_model", {}).get("multimodal", {})
         sound = metrics.get("certified_sound", {}).get("multimodal", {})
         rows.append([
             name,
             _cell(certified["multimodal"]["mean"]),
             *(_cell(certified[m]["mean"]) for m in modalities),
             f"{audit.get('violations', 0)}/{audit.get('eligible', 0)}" if audit else "-",
+            _cell(own.get("mean")),
             f"{sound['mean']:.2e}" if sound else "-",
             _cell(metrics.get("eta_ratio", {}).get("mean_log_ratio")),
         ])
@@ -103,7 +105,9 @@ def render_markdown(name: str, metrics: Mapping) -> str:
             "",
             "## Certified radii",
             "",
-            f"Lipschitz constants: {metrics['certified']['lipschitz']}. Audit: l2-PGD with "
+            f"Lipschitz constants: {metrics['certified']['lipschitz']}, the same protocol for every strategy"
+            + (f"; the model's own radius: {metrics['certified_model']['lipschitz']}" if "certified_model" in metrics else "")
+            + f". Audit: l2-PGD with "
             f"{settings['audit_steps']} steps inside {settings['audit_fraction']} x each estimated radius, from the "
             f"multi-modal PGD's example rescaled into it, beat "
             f"{audit['violations']} of {audit['eligible']} certified samples (violation rate "
@@ -123,6 +127,7 @@ def write_report(results: RobustnessResults, folder: Path, name: str) -> ReportF
     metrics = {"name": name, **results.metrics()}
     metrics_path = folder / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (folder / "per_sample.json").write_text(json.dumps(results.per_sample()) + "\n", encoding="utf-8")
     markdown_path = folder / "report.md"
     markdown_path.write_text(render_markdown(name, metrics), encoding="utf-8")
     curves = metrics["curves"]

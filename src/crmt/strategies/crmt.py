@@ -2,17 +2,23 @@
 
 Step 1 (epochs [0, step1_epochs)): encoders, W~, a and b~ minimise CE + rho * L1.
 At the switch, once: tau~_k^(m) is estimated over the training set (max-reduced across
-ranks) and the frozen uni-modal scores of every training sample are cached (gathered
-from every rank). Step 2 (the remaining epochs): only a^(m) is updated, to maximise the
-mean certified bound r_j of the runner-up class, from the cached scores; the encoders
-never run in step 2. The phase, tau~ and a^(m) live in the state dict, so checkpoints
-resume in the right phase.
+ranks) and the frozen uni-modal scores of every training and validation sample are cached
+(gathered from every rank). Step 2 (the remaining epochs): only a^(m) is updated, to maximise
+the mean certified bound r_j of the runner-up class, from the cached scores; the encoders
+never run in step 2. After each step-2 epoch the validation scores give the mean certified
+radius of the current a^(m); the model ends with the a^(m) of the best such epoch (the
+switch's a^(m) included) among those whose validation accuracy is not below the switch's
+(``step2_selection="best_val"``): step 2 may raise the certified bound but never at the cost
+of clean accuracy, and the test split is never looked at. The phase, tau~, a^(m) and the
+selection state live in the state dict, so checkpoints resume in the right phase.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +57,11 @@ class CRMTJointTraining(MultiModalModule):
         rho: weight of the uni-modal margin regulariser L1 in step 1 (2.0 in the paper's code).
         step1_epochs / step2_epochs: length of each step; the CLI sets trainer.max_epochs to their sum.
         step2_optimizer: optimiser factory for the integration weights a^(m) in step 2.
-        init_integration: initial value of every a_k^(m).
+        init_integration: initial value of every a_k^(m) (0.1, the official code's).
         tau_method: "loop" (K backward passes over one retained graph) or "batched" (one vmapped backward).
+        step2_selection: "best_val" keeps the a^(m) of the step-2 epoch (or the switch) with the largest
+            mean certified radius on the validation split among those that keep its accuracy at least at
+            the switch's; "last" keeps the final a^(m). Without validation data "best_val" acts as "last".
     """
 
     factory_arguments = (*MultiModalModule.factory_arguments, "step2_optimizer")
@@ -68,17 +77,25 @@ class CRMTJointTraining(MultiModalModule):
         step1_epochs: int = 1,
         step2_epochs: int = 1,
         step2_optimizer: OptimizerCallable = torch.optim.Adam,
-        init_integration: float = 1.0,
+        init_integration: float = 0.1,
         tau_method: GradientMethod = "loop",
+        step2_selection: Literal["best_val", "last"] = "best_val",
     ) -> None:
         if step1_epochs < 0 or step2_epochs < 0:
             raise ValueError(f"step1_epochs and step2_epochs must be >= 0, got {step1_epochs}, {step2_epochs}")
+        if step2_selection not in ("best_val", "last"):
+            raise ValueError(f"step2_selection must be 'best_val' or 'last', got {step2_selection!r}")
         super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
         self.automatic_optimization = False
         self.step2_optimizer_factory = step2_optimizer
         self.register_buffer("phase", torch.tensor(STEP1))
         self.register_buffer("tau", torch.zeros(len(self.modalities), num_classes))
+        self.register_buffer("best_integration", self.head.integration.detach().clone())
+        self.register_buffer("best_val_radius", torch.tensor(float("-inf")))
+        self.register_buffer("switch_val_accuracy", torch.tensor(0.0))
+        self.register_buffer("best_step2_epoch", torch.tensor(-1))
         self.score_cache: ScoreCache | None = None
+        self.val_cache: ScoreCache | None = None
 
     def build_head(self, feature_dims: list[int], num_classes: int) -> nn.Module:
         return OrthogonalFusion(feature_dims, num_classes, self.hparams.init_integration)
@@ -122,19 +139,22 @@ class CRMTJointTraining(MultiModalModule):
     def on_train_epoch_start(self) -> None:
         if not self.in_step2 and self.current_epoch >= self.hparams.step1_epochs:
             start = time.perf_counter()
-            self.score_cache, tau = self._collect_training_scores(estimate_tau=True)
+            self.score_cache, tau = self._collect_scores(self.trainer.train_dataloader, estimate_tau=True)
             self.tau.copy_(tau)
             self.phase.fill_(STEP2)
+            self.val_cache = self._collect_validation_scores()
+            self._start_selection()
             rank_zero_info(
                 f"CRMT phase switch at epoch {self.current_epoch}: tau~ estimated and scores of "
                 f"{int(self.score_cache.present.sum())} training clips cached in {time.perf_counter() - start:.1f} s"
             )
         elif self.in_step2 and self.score_cache is None:
-            self.score_cache, _ = self._collect_training_scores(estimate_tau=False)
+            self.score_cache, _ = self._collect_scores(self.trainer.train_dataloader, estimate_tau=False)
+            self.val_cache = self._collect_validation_scores()
 
     @torch.no_grad()
-    def _collect_training_scores(self, estimate_tau: bool) -> tuple[ScoreCache, torch.Tensor]:
-        """One eval-mode pass over this rank's training shard: scores of every sample and, optionally, tau~.
+    def _collect_scores(self, loader: Iterable[Batch | None], estimate_tau: bool) -> tuple[ScoreCache, torch.Tensor]:
+        """One eval-mode pass over this rank's shard of ``loader``: scores of every sample and, optionally, tau~.
 
         Returns the cache of all ranks' scores and tau~ (M, K) max-reduced across ranks
         (zeros when not estimated).
@@ -143,7 +163,7 @@ class CRMTJointTraining(MultiModalModule):
         scores, labels, indices = [], [], []
         with eval_mode(self):
             score_fns = [score_function(self, m) for m in range(len(self.modalities))]
-            for batch in self.trainer.train_dataloader:
+            for batch in loader:
                 if batch is None:
                     continue
                 batch = self._to_device(batch)
@@ -164,12 +184,56 @@ class CRMTJointTraining(MultiModalModule):
         )
         return cache, tau
 
+    def _collect_validation_scores(self) -> ScoreCache | None:
+        """Scores of the validation split (``None`` without validation data or with ``step2_selection="last"``)."""
+        loaders = self.trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        if self.hparams.step2_selection != "best_val" or loader is None or len(loader) == 0:
+            return None
+        return self._collect_scores(loader, estimate_tau=False)[0]
+
     def _to_device(self, batch: Batch) -> Batch:
         return self.trainer.strategy.batch_to_device(batch, self.device)
 
     def _gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Every rank's rows, concatenated in rank order (see :func:`crmt.distributed.gather_rows`)."""
         return gather_rows(self.all_gather if self.trainer.world_size > 1 else None, rows)
+
+    # ----------------------------------------------------------------- step-2 selection
+    def validation_certificate(self, integration: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean certified radius) of the cached validation scores under integration weights (M, K)."""
+        assert self.val_cache is not None
+        return cached_certificate(self.val_cache, integration, self.head.bias.detach(), self.tau)
+
+    def _start_selection(self) -> None:
+        """The switch's a^(m) is the first candidate; its validation accuracy is the floor."""
+        if self.val_cache is None:
+            return
+        accuracy, radius = self.validation_certificate(self.head.integration.detach())
+        self.best_integration.copy_(self.head.integration.detach())
+        self.best_step2_epoch.fill_(self.current_epoch - 1)
+        self.switch_val_accuracy.fill_(accuracy)
+        self.best_val_radius.fill_(radius)
+
+    def _select_step2_epoch(self) -> None:
+        """After a step-2 epoch: remember its a^(m) if it is the best so far; at the last epoch, keep the best."""
+        if self.val_cache is None:
+            return
+        current = self.head.integration.detach()
+        accuracy, radius = self.validation_certificate(current)
+        self.log_dict({"val/step2_acc": accuracy, "val/step2_radius": radius}, rank_zero_only=True)
+        if accuracy >= float(self.switch_val_accuracy) and radius > float(self.best_val_radius):
+            self.best_integration.copy_(current)
+            self.best_val_radius.fill_(radius)
+            self.best_step2_epoch.fill_(self.current_epoch)
+        if self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs:
+            with torch.no_grad():
+                self.head.integration.copy_(self.best_integration)
+            rank_zero_info(
+                f"CRMT step 2: keeping the integration weights of epoch {int(self.best_step2_epoch)} "
+                f"(validation mean certified radius {float(self.best_val_radius):.4f}, accuracy not below "
+                f"the switch's {float(self.switch_val_accuracy):.4f})"
+            )
 
     # ----------------------------------------------------------------- step 2
     def _step2_update(self, batch: Batch) -> None:
@@ -202,6 +266,8 @@ class CRMTJointTraining(MultiModalModule):
 
     def on_train_epoch_end(self) -> None:
         self.log("train/phase", self.phase.float())
+        if self.in_step2:
+            self._select_step2_epoch()
         scheduler = self.lr_schedulers()
         if scheduler is not None and not self.in_step2:
             scheduler.step()
@@ -218,6 +284,18 @@ class CRMTJointTraining(MultiModalModule):
             return
         radius = certified_radius(output.logits, batch["label"], pair_lipschitz)
         self.log(f"{stage}/certified_radius", radius.mean(), batch_size=radius.shape[0], sync_dist=True)
+
+
+@torch.no_grad()
+def cached_certificate(
+    cache: ScoreCache, integration: torch.Tensor, bias: torch.Tensor, tau: torch.Tensor
+) -> tuple[float, float]:
+    """(accuracy, mean certified radius) of the cached samples under integration weights (M, K), bias (K,)
+    and tau~ (M, K): logits h~ = sum_m a^(m) s^(m) + b~, radius min_j r_j (Theorem 3.5; 0 if misclassified)."""
+    scores, labels = cache.scores[:, cache.present], cache.labels[cache.present]
+    logits = (integration[:, None, :] * scores).sum(0) + bias
+    radius = certified_radius(logits, labels, orthogonal_pair_lipschitz(integration, tau))
+    return (logits.argmax(dim=1) == labels).float().mean().item(), radius.mean().item()
 
 
 def _build_cache(scores: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> ScoreCache:

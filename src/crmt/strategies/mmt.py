@@ -97,7 +97,7 @@ class CRMTMultiModalTransformer(TransformerStreams, CRMTJointTraining):
         rho: float = 2.0,
         step1_epochs: int = 1,
         step2_epochs: int = 0,
-        init_integration: float = 1.0,
+        init_integration: float = 0.1,
         embed_dim: int = 512,
         stream_depth: int = 4,
         fusion_depth: int = 4,

@@ -1,0 +1,454 @@
+"""The results of a multi-seed comparison (``python -m crmt.compare``): finished runs loaded and
+paired by test clip, mean ± std tables over seeds, the paper's orderings judged by the paired
+two-level bootstrap of :mod:`crmt.statistics`, and the files ``compare.md``, ``compare.json`` and
+``ablation.png``.
+
+Every function here reads finished run folders (``metrics.json``, ``per_sample.json``, ``run.json``)
+and trains nothing; :mod:`crmt.compare` runs the experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crmt.robustness.figures import plot_accuracy_vs_radius
+from crmt.robustness.report import attack_columns
+from crmt.statistics import (
+    BootstrapResult,
+    Statistic,
+    Verdict,
+    absolute_gap,
+    mean_accuracy,
+    overall_verdict,
+    paired_bootstrap,
+    seed_mean_std,
+    verdict,
+)
+
+ABLATION = ("jt", "ojt", "crmt_step1", "crmt_step2", "crmt_jt")
+"""The models of the paper's ablation figure (Figure 5)."""
+LABELS = {"jt": "JT", "crmt_jt": "CRMT-JT", "crmt_at": "CRMT-AT"}
+"""How the paper's orderings name the models they are about."""
+TEST_DESCRIPTION = (
+    "Each ordering is judged by a paired two-level bootstrap of the difference between the two methods "
+    "(A - B): every replicate resamples the seeds and the test clips with replacement, with the same draws "
+    "for both methods, and recomputes the statistic of each; the interval is the 2.5th-97.5th percentile "
+    "of the replicated differences. holds: the interval lies entirely on the claimed side of 0; reversed: "
+    "entirely on the other side; within noise: it contains 0."
+)
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One finished (experiment, seed) run: its folder, its report's ``metrics.json`` and
+    ``per_sample.json``, and the wall time recorded in its ``run.json`` (None if not recorded)."""
+
+    name: str
+    seed: int
+    folder: Path
+    metrics: dict
+    per_sample: dict
+    wall_seconds: float | None = None
+
+
+def load_run(name: str, seed: int, folder: Path) -> SeedRun:
+    """Read a finished run folder."""
+    folder = Path(folder)
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    per_sample = json.loads((folder / "per_sample.json").read_text(encoding="utf-8"))
+    record_path = folder / "run.json"
+    wall = None
+    if record_path.is_file():
+        wall = json.loads(record_path.read_text(encoding="utf-8")).get("wall_seconds")
+    return SeedRun(name, seed, folder, metrics, per_sample, wall)
+
+
+@dataclass(frozen=True)
+class PairedOutcomes:
+    """Per-sample outcomes of every method, aligned: row i is ``seeds[i]``, column j the j-th test
+    clip of that seed in increasing dataset index (``index`` (S, C)). ``correct[method][key]`` is
+    an (S, C) 0/1 array per attack key of ``per_sample.json`` (clean, fgm, pgd, pgd_<m>, ...)."""
+
+    seeds: list[int]
+    index: np.ndarray
+    correct: dict[str, dict[str, np.ndarray]]
+
+    @property
+    def clips(self) -> int:
+        return int(self.index.shape[1])
+
+
+def pair_outcomes(runs: Mapping[str, Sequence[SeedRun]]) -> PairedOutcomes:
+    """Align the ``per_sample.json`` of every method by seed and by dataset index.
+
+    Raises ``ValueError`` (naming the files) when two methods' runs of one seed hold different
+    test indices or labels, when a file repeats an index, or when seeds differ in clip count
+    (the bootstrap draws the same clip positions for every seed).
+    """
+    names = list(runs)
+    if not names:
+        raise ValueError("no runs to pair")
+    seeds = [run.seed for run in runs[names[0]]]
+    for name in names:
+        if [run.seed for run in runs[name]] != seeds:
+            raise ValueError(f"{name} was run for seeds {[r.seed for r in runs[name]]}, {names[0]} for {seeds}")
+    index_rows: list[np.ndarray] = []
+    correct: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in names}
+    for position, seed in enumerate(seeds):
+        reference: tuple[Path, np.ndarray, np.ndarray] | None = None
+        for name in names:
+            run = runs[name][position]
+            path = run.folder / "per_sample.json"
+            index = np.asarray(run.per_sample["index"], dtype=np.int64)
+            if np.unique(index).size != index.size:
+                raise ValueError(f"{path} repeats test indices; refusing to pair")
+            order = np.argsort(index, kind="stable")
+            labels = np.asarray(run.per_sample["label"], dtype=np.int64)[order]
+            if reference is None:
+                reference = (path, index[order], labels)
+            elif not np.array_equal(index[order], reference[1]):
+                raise ValueError(
+                    f"per-sample indices differ between {reference[0]} ({reference[1].size} clips) and {path} "
+                    f"({index.size} clips), seed {seed}: the methods were not tested on the same clips; refusing to pair"
+                )
+            elif not np.array_equal(labels, reference[2]):
+                raise ValueError(f"labels differ between {reference[0]} and {path} for the same indices, seed {seed}; refusing to pair")
+            for key, values in run.per_sample["correct"].items():
+                correct[name].setdefault(key, []).append(np.asarray(values, dtype=float)[order])
+        index_rows.append(reference[1])
+    if len({row.size for row in index_rows}) != 1:
+        counts = {seed: row.size for seed, row in zip(seeds, index_rows, strict=True)}
+        raise ValueError(f"test clip counts differ between seeds {counts}; the bootstrap needs the same count for every seed")
+    stacked = {
+        name: {key: np.stack(rows) for key, rows in keys.items() if len(rows) == len(seeds)} for name, keys in correct.items()
+    }
+    return PairedOutcomes(seeds, np.stack(index_rows), stacked)
+
+
+def summarize(values: Sequence[float | None]) -> dict | None:
+    """``{"mean", "std", "per_seed"}`` of one number per seed (std with ddof=1); None if any value is missing."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return None
+    mean, std = seed_mean_std(values)
+    return {"mean": mean, "std": std, "per_seed": [float(v) for v in values]}
+
+
+def accuracy_summary(runs: Mapping[str, Sequence[SeedRun]], modalities: Sequence[str]) -> dict[str, dict[str, dict | None]]:
+    """Per method and attack column of the paper's Table 2: accuracy mean, std and per-seed values."""
+    return {
+        name: {key: summarize([run.metrics["accuracy"].get(key) for run in seed_runs]) for key, _ in attack_columns(modalities)}
+        for name, seed_runs in runs.items()
+    }
+
+
+def certificate_summary(
+    runs: Mapping[str, Sequence[SeedRun]], modalities: Sequence[str], section: str = "certified"
+) -> dict[str, dict]:
+    """Per method whose every run has ``section`` ("certified": the common protocol over the test
+    samples; "certified_model": CRMT's own training-set certificate): the Lipschitz source and the
+    mean radius (multi-modal and per modality) summarized over seeds."""
+    summary = {}
+    for name, seed_runs in runs.items():
+        sections = [run.metrics.get(section) for run in seed_runs]
+        if any(s is None or "multimodal" not in s for s in sections):
+            continue
+        summary[name] = {
+            "lipschitz": sorted({str(s.get("lipschitz", "")) for s in sections}),
+            **{key: summarize([s[key]["mean"] for s in sections]) for key in ("multimodal", *modalities)},
+        }
+    return summary
+
+
+def mean_std_cell(summary: Mapping | None) -> str:
+    """A table cell "mean ± std" with 3 decimals, "-" when missing."""
+    return "-" if summary is None else f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, the first column left-aligned and the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def accuracy_table(summary: Mapping[str, Mapping[str, dict | None]], modalities: Sequence[str]) -> str:
+    """Accuracy "mean ± std" over seeds, one row per method, the columns of the paper's Table 2."""
+    columns = attack_columns(modalities)
+    rows = [[name, *(mean_std_cell(cells.get(key)) for key, _ in columns)] for name, cells in summary.items()]
+    return markdown_table(["method", *(title for _, title in columns)], rows)
+
+
+def certificate_table(summary: Mapping[str, Mapping], modalities: Sequence[str]) -> str:
+    """Mean certified radius "mean ± std" over seeds (multi-modal and per modality) and the Lipschitz source."""
+    header = ["method", "mean radius", *(f"mean radius {m}" for m in modalities), "Lipschitz constants"]
+    rows = [
+        [name, *(mean_std_cell(cells[key]) for key in ("multimodal", *modalities)), "; ".join(cells["lipschitz"])]
+        for name, cells in summary.items()
+    ]
+    return markdown_table(header, rows)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One judged pair: statistic(a) - statistic(b) by the paired bootstrap, and its verdict for the
+    claim a > b (``higher_is_better``) or a < b."""
+
+    a: str
+    b: str
+    statistic: str
+    higher_is_better: bool
+    value_a: float
+    value_b: float
+    bootstrap: BootstrapResult
+    verdict: Verdict
+
+    def as_dict(self) -> dict:
+        result = asdict(self)
+        result["bootstrap"]["interval"] = list(self.bootstrap.interval)
+        return result
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's orderings: its comparisons (one, or one per rival) and the overall verdict."""
+
+    text: str
+    comparisons: tuple[Comparison, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        return overall_verdict([c.verdict for c in self.comparisons])
+
+    def as_dict(self) -> dict:
+        return {"claim": self.text, "verdict": self.verdict, "comparisons": [c.as_dict() for c in self.comparisons]}
+
+
+def judge(
+    outcomes: PairedOutcomes,
+    a: str,
+    b: str,
+    keys: Sequence[str],
+    statistic: Statistic,
+    name: str,
+    higher_is_better: bool = True,
+    replicates: int = 10_000,
+    seed: int = 0,
+) -> Comparison:
+    """Bootstrap statistic(a) - statistic(b) over the outcome columns ``keys`` (one key: the
+    statistic gets that (S, C) array; several: a dict of them) and judge it."""
+
+    def columns(method: str):
+        missing = [key for key in keys if key not in outcomes.correct[method]]
+        if missing:
+            raise KeyError(f"per-sample outcomes of {method} lack {missing}")
+        return outcomes.correct[method][keys[0]] if len(keys) == 1 else {k: outcomes.correct[method][k] for k in keys}
+
+    first, second = columns(a), columns(b)
+    result = paired_bootstrap(first, second, statistic, replicates=replicates, seed=seed)
+    return Comparison(
+        a, b, name, higher_is_better, float(statistic(first)), float(statistic(second)), result,
+        verdict(result.interval, higher_is_better),
+    )
+
+
+def _label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def paper_claims(outcomes: PairedOutcomes, modalities: Sequence[str], replicates: int = 10_000, seed: int = 0) -> list[Claim]:
+    """The paper's orderings among the methods present, each judged by the paired bootstrap:
+
+    - CRMT-JT (and CRMT-AT) above JT in clean, FGM and PGD accuracy, and under uni-modal PGD and
+      with a modality missing, for each modality (the paper's Table 2);
+    - CRMT-AT best under FGM and PGD: against every other method, holding only if it holds against all;
+    - the gap |acc(pgd_<m0>) - acc(pgd_<m1>)| between the two uni-modal PGDs smaller for CRMT-JT
+      (and CRMT-AT) than for JT.
+    """
+    present = list(outcomes.correct)
+    options = {"replicates": replicates, "seed": seed}
+    claims = []
+    for a in ("crmt_jt", "crmt_at"):
+        if a in present and "jt" in present:
+            columns = [("clean", "clean"), ("fgm", "FGM"), ("pgd", "PGD-l2")]
+            columns += [(f"pgd_{m}", f"uni-modal PGD-l2 on {m}") for m in modalities]
+            columns += [(f"missing_{m}", f"{m} missing") for m in modalities]
+            for key, title in columns:
+                comparison = judge(outcomes, a, "jt", [key], mean_accuracy, f"accuracy {key}", **options)
+                claims.append(Claim(f"{_label(a)} above JT, {title}", (comparison,)))
+    rivals = [name for name in present if name != "crmt_at"]
+    if "crmt_at" in present and rivals:
+        for key, title in (("fgm", "FGM"), ("pgd", "PGD-l2")):
+            comparisons = tuple(
+                judge(outcomes, "crmt_at", rival, [key], mean_accuracy, f"accuracy {key}", **options) for rival in rivals
+            )
+            claims.append(Claim(f"CRMT-AT best under {title}", comparisons))
+    if len(modalities) == 2:
+        keys = [f"pgd_{m}" for m in modalities]
+        gap = absolute_gap(*keys)
+        for a in ("crmt_jt", "crmt_at"):
+            if a in present and "jt" in present:
+                comparison = judge(outcomes, a, "jt", keys, gap, gap.__name__, higher_is_better=False, **options)
+                claims.append(Claim(
+                    f"gap between uni-modal PGD on {modalities[0]} and on {modalities[1]} smaller for {_label(a)} than JT",
+                    (comparison,),
+                ))
+    return claims
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
+
+
+def comparison_line(comparison: Comparison) -> str:
+    """``<verdict>: difference +d (95% interval [lo, hi], SE s); <statistic>: a x vs b y``."""
+    result = comparison.bootstrap
+    low, high = result.interval
+    return (
+        f"{comparison.verdict}: difference {_signed(result.observed)} ({result.confidence:.0%} interval "
+        f"[{_signed(low)}, {_signed(high)}], SE {result.standard_error:.3f}); {comparison.statistic}: "
+        f"{comparison.a} {comparison.value_a:.3f} vs {comparison.b} {comparison.value_b:.3f}"
+    )
+
+
+def claim_lines(claim: Claim) -> list[str]:
+    """Markdown bullet(s) of one claim: one line, or an overall line with one sub-bullet per rival."""
+    if len(claim.comparisons) == 1:
+        return [f"- {claim.text}: {comparison_line(claim.comparisons[0])}"]
+    lines = [f"- {claim.text}: {claim.verdict} (over {len(claim.comparisons)} rivals)"]
+    return lines + [f"  - against {c.b}: {comparison_line(c)}" for c in claim.comparisons]
+
+
+def averaged_curves(runs: Mapping[str, Sequence[SeedRun]], key: str = "multimodal") -> tuple[list[float], dict[str, list[float]]]:
+    """The radii and, per method of the ablation present, its accuracy-vs-radius curve averaged over seeds."""
+    curves, radii = {}, None
+    for name in ABLATION:
+        if name not in runs:
+            continue
+        seed_curves = [run.metrics["curves"] for run in runs[name]]
+        for curve in seed_curves:
+            if radii is None:
+                radii = list(curve["radii"])
+            elif list(curve["radii"]) != radii:
+                raise ValueError(f"{name}: curve radii {curve['radii']} differ from {radii}")
+        curves[name] = np.mean([c[key] for c in seed_curves], axis=0).tolist()
+    return radii or [], curves
+
+
+def wall_time_lines(runs: Mapping[str, Sequence[SeedRun]], elapsed: float | None) -> list[str]:
+    """Markdown bullets: each run's recorded wall time, their total, and this invocation's time."""
+    lines, total, count = [], 0.0, 0
+    for name, seed_runs in runs.items():
+        parts = []
+        for run in seed_runs:
+            parts.append(f"seed {run.seed} {run.wall_seconds:.0f} s" if run.wall_seconds is not None else f"seed {run.seed} -")
+            if run.wall_seconds is not None:
+                total, count = total + run.wall_seconds, count + 1
+        lines.append(f"- {name}: " + ", ".join(parts))
+    lines.append(f"- total: {total:.0f} s over {count} recorded runs")
+    if elapsed is not None:
+        lines.append(f"- this invocation (runs reused or trained, plus statistics): {elapsed:.0f} s")
+    return lines
+
+
+def comparison_results(
+    runs: Mapping[str, Sequence[SeedRun]], data: str | None = None, replicates: int = 10_000, seed: int = 0
+) -> tuple[dict, list[Claim]]:
+    """Every number of the comparison (the content of ``compare.json``: seeds, clip count, accuracy
+    and radii summaries (mean, std, per seed), the judged claims, the wall times) and the claims."""
+    first = next(iter(runs.values()))[0]
+    modalities = list(first.metrics["modalities"])
+    outcomes = pair_outcomes(runs)
+    claims = paper_claims(outcomes, modalities, replicates, seed)
+    return {
+        "experiments": list(runs),
+        "data": data,
+        "seeds": outcomes.seeds,
+        "test_clips": outcomes.clips,
+        "modalities": modalities,
+        "bootstrap": {"replicates": replicates, "confidence": 0.95, "generator_seed": seed, "test": TEST_DESCRIPTION},
+        "accuracy": accuracy_summary(runs, modalities),
+        "certified": certificate_summary(runs, modalities, "certified"),
+        "certified_model": certificate_summary(runs, modalities, "certified_model"),
+        "claims": [claim.as_dict() for claim in claims],
+        "wall_seconds": {name: {str(run.seed): run.wall_seconds for run in seed_runs} for name, seed_runs in runs.items()},
+        "total_wall_seconds": sum(run.wall_seconds or 0.0 for seed_runs in runs.values() for run in seed_runs),
+    }, claims
+
+
+def render_markdown(results: Mapping, claims: Sequence[Claim], ablation: Path | None, elapsed: float | None,
+                    runs: Mapping[str, Sequence[SeedRun]]) -> str:
+    """``compare.md`` from :func:`comparison_results`."""
+    modalities = results["modalities"]
+    seeds = results["seeds"]
+    data = f"experiments/data/{results['data']}.yaml" if results["data"] else "as in each experiment's config"
+    parts = [
+        "# Comparison of training strategies",
+        "",
+        f"Data: {data}. S = {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) per "
+        f"method, each training and testing once; C = {results['test_clips']} test clips per seed. Cells: mean ± "
+        "sample std (ddof 1) over seeds. Attacks as in the paper's protocol (see each `<name>/seed<s>/report.md`).",
+        "",
+        "## Accuracy (Tables 1 and 2 layout)",
+        "",
+        accuracy_table(results["accuracy"], modalities),
+        "",
+        "## Certified radii",
+        "",
+        "Common protocol: every certifiable method's Lipschitz estimate over its evaluated test samples.",
+        "",
+        certificate_table(results["certified"], modalities) if results["certified"] else "No method has certified radii.",
+    ]
+    if results["certified_model"]:
+        parts += [
+            "",
+            "CRMT's own certificate (Lipschitz constants tau~ estimated on the training set during training); "
+            "not comparable across methods:",
+            "",
+            certificate_table(results["certified_model"], modalities),
+        ]
+    bootstrap = results["bootstrap"]
+    parts += [
+        "",
+        "## Paper orderings",
+        "",
+        f"{bootstrap['test']} B = {bootstrap['replicates']} replicates, generator seed {bootstrap['generator_seed']}.",
+        "",
+    ]
+    lines = [line for claim in claims for line in claim_lines(claim)]
+    parts += lines or ["No ordering of the paper applies to the methods compared."]
+    if ablation is not None:
+        parts += ["", f"Ablation figure (the paper's Figure 5, curves averaged over seeds): `{ablation}`"]
+    parts += ["", "## Wall time (train + test + report)", "", *wall_time_lines(runs, elapsed)]
+    return "\n".join(parts) + "\n"
+
+
+def write_comparison(
+    runs: Mapping[str, Sequence[SeedRun]],
+    out: Path,
+    data: str | None = None,
+    replicates: int = 10_000,
+    seed: int = 0,
+    elapsed: float | None = None,
+) -> tuple[Path, Path]:
+    """Write ``compare.md``, ``compare.json`` and (when ablation models are present) ``ablation.png``
+    into ``out``; return the paths of the first two."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, claims = comparison_results(runs, data, replicates, seed)
+    radii, curves = averaged_curves(runs)
+    ablation = None
+    if curves:
+        ablation = plot_accuracy_vs_radius(
+            radii, curves, out / "ablation.png", "ablation: accuracy under multi-modal l2-PGD (mean over seeds)"
+        )
+    results["elapsed_seconds"] = elapsed
+    json_path = out / "compare.json"
+    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    markdown_path = out / "compare.md"
+    markdown_path.write_text(render_markdown(results, claims, ablation, elapsed, runs), encoding="utf-8")
+    return markdown_path, json_path

@@ -1,0 +1,401 @@
+"""Multi-seed comparison without training: the paired two-level bootstrap against independent
+computations (exact bootstrap variance, scipy, simulated coverage), the mean ± std tables, the
+paper's orderings on fake run folders, run reuse (the training subprocess is replaced), and the
+errors for unpaired test sets, failed runs and missing configs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from crmt import compare
+from crmt.compare_report import SeedRun, load_run, pair_outcomes, write_comparison
+from crmt.statistics import (
+    absolute_gap,
+    mean_accuracy,
+    overall_verdict,
+    paired_bootstrap,
+    seed_mean_std,
+    verdict,
+)
+
+MODALITIES = ["visual", "audio"]
+KEYS = ["clean", "fgm", "pgd", "fgm_visual", "pgd_visual", "fgm_audio", "pgd_audio", "missing_visual", "missing_audio"]
+
+
+# --- statistics ------------------------------------------------------------------------------------------------------
+
+
+def test_seed_mean_std_is_numpy_mean_and_sample_std():
+    values = [0.81, 0.77, 0.9, 0.62]
+    assert seed_mean_std(values) == pytest.approx((np.mean(values), np.std(values, ddof=1)), abs=1e-15)
+    assert seed_mean_std([0.5]) == (0.5, 0.0)
+    with pytest.raises(ValueError):
+        seed_mean_std([])
+
+
+def test_verdict_reads_the_interval_on_the_claimed_side():
+    assert verdict((0.01, 0.2)) == "holds"
+    assert verdict((-0.2, -0.01)) == "reversed"
+    assert verdict((-0.01, 0.2)) == verdict((0.0, 0.2)) == "within noise"
+    assert verdict((-0.2, -0.01), higher_is_better=False) == "holds"
+    assert verdict((0.01, 0.2), higher_is_better=False) == "reversed"
+    assert overall_verdict(["holds", "holds"]) == "holds"
+    assert overall_verdict(["holds", "within noise"]) == "within noise"
+    assert overall_verdict(["holds", "reversed", "within noise"]) == "reversed"
+
+
+def _bernoulli(rng: np.random.Generator, p: np.ndarray | float, shape: tuple[int, int]) -> np.ndarray:
+    return (rng.random(shape) < p).astype(float)
+
+
+def test_bootstrap_verdicts_on_synthetic_effects():
+    rng = np.random.default_rng(0)
+    strong, weak = _bernoulli(rng, 0.9, (3, 200)), _bernoulli(rng, 0.5, (3, 200))
+    assert verdict(paired_bootstrap(strong, weak).interval) == "holds"
+    assert verdict(paired_bootstrap(weak, strong).interval) == "reversed"
+    identical = paired_bootstrap(strong, strong)
+    assert identical.observed == identical.standard_error == 0.0
+    assert verdict(identical.interval) == "within noise"
+    twin = _bernoulli(rng, 0.9, (3, 200))  # same distribution as ``strong``, other draws
+    result = paired_bootstrap(strong, twin)
+    assert result.observed == pytest.approx(strong.mean() - twin.mean())
+    assert verdict(result.interval) == "within noise"
+
+
+def _scipy_bootstrap(values: np.ndarray):
+    """scipy's percentile bootstrap of the mean with a fixed generator (``rng`` from scipy 1.15, ``random_state`` before)."""
+    options = {"n_resamples": 10_000, "method": "percentile"}
+    try:
+        return stats.bootstrap((values,), np.mean, rng=np.random.default_rng(5), **options)
+    except TypeError:
+        return stats.bootstrap((values,), np.mean, random_state=np.random.default_rng(5), **options)
+
+
+def test_single_seed_standard_error_matches_the_formula_and_scipy():
+    """With one seed the paired bootstrap of a mean difference is a bootstrap of the mean of
+    d = a - b over clips: SE -> std(d) / sqrt(C) (ddof 0), as scipy's bootstrap also estimates."""
+    rng = np.random.default_rng(1)
+    clip_p = rng.uniform(0.3, 0.9, size=300)
+    a, b = _bernoulli(rng, clip_p + 0.05, (1, 300)), _bernoulli(rng, clip_p, (1, 300))
+    result = paired_bootstrap(a, b)
+    d = (a - b)[0]
+    assert result.standard_error == pytest.approx(d.std() / np.sqrt(d.size), rel=0.03)
+    reference = _scipy_bootstrap(d)
+    assert result.standard_error == pytest.approx(reference.standard_error, rel=0.03)
+    low, high = reference.confidence_interval
+    assert result.interval == pytest.approx((low, high), abs=0.01)
+    # and the normal approximation: the percentile interval is close to observed ± 1.96 SE
+    z = stats.norm.ppf(0.975)
+    assert result.interval == pytest.approx((result.observed - z * result.standard_error,
+                                             result.observed + z * result.standard_error), abs=0.01)
+
+
+def test_two_level_standard_error_matches_the_exact_bootstrap_variance():
+    """Resampling S rows and C columns of d = a - b, the replicated mean has variance
+    mean(r^2)/S + mean(k^2)/C + mean(e^2)/(S C), with r the row effects, k the column effects and
+    e the residual of the two-way decomposition of d (the cross terms vanish in expectation)."""
+    rng = np.random.default_rng(2)
+    seeds, clips = 5, 80
+    seed_shift = rng.uniform(-0.15, 0.15, size=(seeds, 1))
+    clip_p = rng.uniform(0.3, 0.7, size=clips)
+    a, b = _bernoulli(rng, clip_p + seed_shift + 0.1, (seeds, clips)), _bernoulli(rng, clip_p, (seeds, clips))
+    d = a - b
+    rows, columns = d.mean(axis=1) - d.mean(), d.mean(axis=0) - d.mean()
+    residual = d - d.mean() - rows[:, None] - columns[None, :]
+    exact = np.sqrt((rows**2).mean() / seeds + (columns**2).mean() / clips + (residual**2).mean() / (seeds * clips))
+    result = paired_bootstrap(a, b, replicates=20_000)
+    assert result.standard_error == pytest.approx(exact, rel=0.03)
+    # unpaired resampling (independent draws per method) would add the shared clip variance
+    unpaired_var = sum(((x.mean(axis=0) - x.mean()) ** 2).mean() / clips for x in (a, b))
+    assert unpaired_var > 1.2 * ((columns**2).mean() / clips)
+
+
+def test_vectorized_and_per_replicate_statistics_agree():
+    rng = np.random.default_rng(3)
+    a = {"pgd_visual": _bernoulli(rng, 0.6, (3, 40)), "pgd_audio": _bernoulli(rng, 0.5, (3, 40))}
+    b = {"pgd_visual": _bernoulli(rng, 0.8, (3, 40)), "pgd_audio": _bernoulli(rng, 0.3, (3, 40))}
+    gap = absolute_gap("pgd_visual", "pgd_audio")
+    fast = paired_bootstrap(a, b, gap, replicates=300, chunk_elements=1000)
+    slow = paired_bootstrap(a, b, lambda x: float(gap(x)), replicates=300, vectorized=False)
+    assert fast == slow
+    expected = abs(a["pgd_visual"].mean() - a["pgd_audio"].mean()) - abs(b["pgd_visual"].mean() - b["pgd_audio"].mean())
+    assert fast.observed == pytest.approx(expected)
+
+
+def _simulate(rng: np.random.Generator, seeds: int, clips: int, effect: float, seed_spread: float):
+    """Paired outcomes whose population difference is exactly ``effect``: clip difficulty shared by
+    both methods, an independent uniform seed shift (mean 0) per method and seed."""
+    clip_p = rng.uniform(0.3, 0.7, size=clips)
+    shift_a = rng.uniform(-seed_spread, seed_spread, size=(seeds, 1))
+    shift_b = rng.uniform(-seed_spread, seed_spread, size=(seeds, 1))
+    return (_bernoulli(rng, clip_p + shift_a + effect, (seeds, clips)), _bernoulli(rng, clip_p + shift_b, (seeds, clips)))
+
+
+@pytest.mark.parametrize(("seeds", "clips", "seed_spread"), [(1, 150, 0.0), (6, 40, 0.15)])
+def test_interval_covers_the_true_difference_at_about_the_nominal_rate(seeds, clips, seed_spread):
+    """Over 200 simulated data sets the 95% interval holds the true difference about 95% of the
+    time (binomial test). Resampling only clips (or only seeds) misses the seed-level (clip-level)
+    noise and covers ~80% (~5%) here."""
+    rng = np.random.default_rng(4)
+    effect, datasets = 0.1, 200
+    hits = 0
+    for index in range(datasets):
+        a, b = _simulate(rng, seeds, clips, effect, seed_spread)
+        low, high = paired_bootstrap(a, b, replicates=400, seed=index).interval
+        hits += low <= effect <= high
+    assert stats.binomtest(hits, datasets, 0.95).pvalue > 0.01, hits / datasets
+
+
+def test_bootstrap_rejects_misaligned_outcomes():
+    with pytest.raises(ValueError, match="shape"):
+        paired_bootstrap(np.zeros((2, 10)), np.zeros((2, 11)))
+    with pytest.raises(ValueError, match="keys"):
+        paired_bootstrap({"x": np.zeros((2, 3))}, {"y": np.zeros((2, 3))}, mean_accuracy)
+
+
+# --- fake run folders --------------------------------------------------------------------------------------------------
+
+ACCURACY = {  # per method: probability of being correct under each key
+    "jt": {"clean": 0.9, "fgm": 0.5, "pgd": 0.3, "pgd_visual": 0.8, "pgd_audio": 0.2},
+    "crmt_jt": {"clean": 0.95, "fgm": 0.85, "pgd": 0.8, "pgd_visual": 0.8, "pgd_audio": 0.75},
+    "crmt_at": {"clean": 0.95, "fgm": 0.9, "pgd": 0.85, "pgd_visual": 0.85, "pgd_audio": 0.8},
+}
+
+
+def _write_run(
+    folder: Path, name: str, seed: int, index: list[int] | None = None, certified: bool = True, labels: list[int] | None = None
+) -> None:
+    """A report folder as ``python -m crmt fit --report_dir`` leaves it (metrics, per-sample outcomes)."""
+    rng = np.random.default_rng([seed, len(name)])
+    index = list(range(100, 160)) if index is None else index
+    probabilities = ACCURACY[name]
+    correct = {key: (rng.random(len(index)) < probabilities.get(key, 0.6)).astype(int).tolist() for key in KEYS}
+    labels = [i % 6 for i in index] if labels is None else labels
+    order = rng.permutation(len(index))  # files need not be sorted by index
+    per_sample = {
+        "index": [index[i] for i in order], "label": [labels[i] for i in order],
+        "correct": {key: [values[i] for i in order] for key, values in correct.items()},
+    }
+    metrics = {
+        "samples": len(index), "modalities": MODALITIES,
+        "accuracy": {key: float(np.mean(values)) for key, values in correct.items()},
+        "curves": {"radii": [0.0, 1.0, 2.0], "multimodal": [0.9, 0.5 + 0.1 * seed, 0.2], "visual": [0.9, 0.8, 0.7], "audio": [0.9, 0.4, 0.1]},
+    }
+    if certified:
+        radius = rng.uniform(0.0, 1.0 + seed, size=3)
+        metrics["certified"] = {"lipschitz": "estimated over the 60 test samples",
+                                "multimodal": {"mean": radius[0]}, "visual": {"mean": radius[1]}, "audio": {"mean": radius[2]}}
+        per_sample["radius"] = rng.uniform(0, 1, size=len(index)).tolist()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (folder / "per_sample.json").write_text(json.dumps(per_sample), encoding="utf-8")
+
+
+def _fake_runs(root: Path, names=("jt", "crmt_jt", "crmt_at"), seeds=(0, 1, 2)) -> dict[str, list[SeedRun]]:
+    runs = {}
+    for name in names:
+        runs[name] = []
+        for seed in seeds:
+            folder = root / name / f"seed{seed}"
+            _write_run(folder, name, seed, certified=name != "jt")
+            (folder / "run.json").write_text(json.dumps({"wall_seconds": 10.0 + seed}), encoding="utf-8")
+            runs[name].append(load_run(name, seed, folder))
+    return runs
+
+
+def test_tables_hold_numpy_mean_and_std_over_seeds(tmp_path):
+    runs = _fake_runs(tmp_path)
+    markdown, results_path = write_comparison(runs, tmp_path / "out", data="embedded", replicates=500)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    text = markdown.read_text(encoding="utf-8")
+    assert results["seeds"] == [0, 1, 2] and results["test_clips"] == 60
+    for name, seed_runs in runs.items():
+        for key in KEYS:
+            values = [run.metrics["accuracy"][key] for run in seed_runs]
+            cell = results["accuracy"][name][key]
+            assert cell["per_seed"] == values
+            assert cell["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+            assert cell["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+        pgd = results["accuracy"][name]["pgd"]
+        assert f"{np.mean(pgd['per_seed']):.3f} ± {np.std(pgd['per_seed'], ddof=1):.3f}" in text
+    radii = [run.metrics["certified"]["multimodal"]["mean"] for run in runs["crmt_at"]]
+    assert results["certified"]["crmt_at"]["multimodal"]["mean"] == pytest.approx(np.mean(radii))
+    assert results["certified"]["crmt_at"]["multimodal"]["std"] == pytest.approx(np.std(radii, ddof=1))
+    assert "jt" not in results["certified"] and results["certified_model"] == {}
+    assert results["total_wall_seconds"] == pytest.approx(3 * (10 + 11 + 12))
+    assert (tmp_path / "out" / "ablation.png").is_file()
+
+
+def test_orderings_are_judged_on_the_paired_outcomes(tmp_path):
+    runs = _fake_runs(tmp_path)
+    _, results_path = write_comparison(runs, tmp_path / "out", replicates=500)
+    claims = {claim["claim"]: claim for claim in json.loads(results_path.read_text(encoding="utf-8"))["claims"]}
+    pgd = claims["CRMT-JT above JT, PGD-l2"]["comparisons"][0]
+    per_sample = {
+        name: np.array([[run.per_sample["correct"]["pgd"][i] for i in np.argsort(run.per_sample["index"])] for run in seed_runs])
+        for name, seed_runs in runs.items()
+    }
+    assert pgd["bootstrap"]["observed"] == pytest.approx(per_sample["crmt_jt"].mean() - per_sample["jt"].mean())
+    assert pgd["verdict"] == claims["CRMT-JT above JT, PGD-l2"]["verdict"] == "holds"  # 0.8 vs 0.3 on 180 clips
+    assert claims["CRMT-AT above JT, FGM"]["verdict"] == "holds"
+    gap = claims["gap between uni-modal PGD on visual and on audio smaller for CRMT-JT than JT"]
+    assert gap["verdict"] == "holds" and gap["comparisons"][0]["bootstrap"]["observed"] < 0
+    best = claims["CRMT-AT best under PGD-l2"]  # 0.85 vs 0.3 (holds) and vs 0.8 (within noise at 180 clips)
+    assert [c["b"] for c in best["comparisons"]] == ["jt", "crmt_jt"]
+    assert best["comparisons"][0]["verdict"] == "holds"
+    assert best["verdict"] == overall_verdict([c["verdict"] for c in best["comparisons"]])
+
+
+@pytest.mark.parametrize(
+    ("index", "labels", "message"),
+    [(list(range(101, 161)), [0] * 60, "indices differ"), (list(range(100, 160)), [i % 5 for i in range(100, 160)], "labels differ")],
+)
+def test_unpaired_test_sets_are_refused_naming_the_files(tmp_path, index, labels, message):
+    first = tmp_path / "first" / "jt" / "seed0"
+    _write_run(first, "jt", 0, labels=[0] * 60)
+    other = tmp_path / "other" / "crmt_jt" / "seed0"
+    _write_run(other, "crmt_jt", 0, index=index, labels=labels)
+    runs = {"jt": [load_run("jt", 0, first)], "crmt_jt": [load_run("crmt_jt", 0, other)]}
+    with pytest.raises(ValueError, match=f"{message}.*refusing to pair") as error:
+        pair_outcomes(runs)
+    assert str(first / "per_sample.json") in str(error.value)
+    assert str(other / "per_sample.json") in str(error.value)
+
+
+def test_seeds_with_different_clip_counts_are_refused(tmp_path):
+    runs = _fake_runs(tmp_path, names=("jt",), seeds=(0,))
+    short = tmp_path / "short" / "jt" / "seed1"
+    _write_run(short, "jt", 1, index=list(range(50)))
+    runs["jt"].append(load_run("jt", 1, short))
+    with pytest.raises(ValueError, match="clip counts differ"):
+        pair_outcomes(runs)
+
+
+# --- runs: reuse, failures, configs ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A project tree with experiments/ and a fake ``python -m crmt fit`` that writes a report."""
+    root = tmp_path / "project"
+    (root / "experiments" / "data").mkdir(parents=True)
+    (root / "experiments" / "defaults.yaml").write_text("seed_everything: 0\n", encoding="utf-8")
+    for name in ACCURACY:
+        (root / "experiments" / f"{name}.yaml").write_text(f"# {name}\n", encoding="utf-8")
+    (root / "experiments" / "data" / "embedded.yaml").write_text("data: {}\n", encoding="utf-8")
+    monkeypatch.setattr(compare, "PROJECT_ROOT", root)
+    monkeypatch.setattr(compare, "EXPERIMENTS_DIR", root / "experiments")
+    monkeypatch.setattr(compare, "DATA_DIR", root / "experiments" / "data")
+    monkeypatch.setattr(compare, "DEFAULTS_FILE", root / "experiments" / "defaults.yaml")
+    monkeypatch.chdir(root)
+    return root
+
+
+class FakeTraining:
+    """Stands in for the training subprocess: records each command and writes the report it asked for."""
+
+    def __init__(self, exit_code: int = 0) -> None:
+        self.commands: list[list[str]] = []
+        self.exit_code = exit_code
+
+    def __call__(self, command, log: Path) -> int:
+        self.commands.append(list(command))
+        Path(log).write_text("fake training\n", encoding="utf-8")
+        if self.exit_code == 0:
+            folder = Path(command[command.index("--report_dir") + 1])
+            name = Path(command[command.index("--config") + 1]).stem
+            _write_run(folder, name, int(command[command.index("--seed_everything") + 1]))
+        return self.exit_code
+
+
+def test_unchanged_runs_are_reused_and_changes_trigger_reruns(project, monkeypatch, capsys):
+    fake = FakeTraining()
+    monkeypatch.setattr(compare, "launch", fake)
+    out = Path("runs/compare/embedded")
+
+    def run(extra=(), force=False, data="embedded"):
+        compare.run_all(["jt"], [0, 1], out, data, extra, force)
+        return capsys.readouterr().out
+
+    run()
+    assert len(fake.commands) == 2
+    assert fake.commands[0][1:] == [
+        "-m", "crmt", "fit", "--config", "experiments/jt.yaml", "--config", "experiments/data/embedded.yaml",
+        "--seed_everything", "0", "--data.init_args.seed", "0", "--report_dir", str(out / "jt" / "seed0"),
+    ]
+    record = json.loads((out / "jt" / "seed0" / "run.json").read_text(encoding="utf-8"))
+    assert record["arguments"] == fake.commands[0][1:]
+    assert record["config_sha256"] == {
+        **{
+            f"experiments/{f}": hashlib.sha256((project / "experiments" / f).read_bytes()).hexdigest()
+            for f in ("defaults.yaml", "jt.yaml", "data/embedded.yaml")
+        },
+        compare.CODE_KEY: hashlib.sha256().hexdigest(),  # the fake project has no code yet
+    }
+    assert record["wall_seconds"] >= 0
+
+    assert "reusing" in run() and len(fake.commands) == 2
+    (project / "experiments" / "jt.yaml").write_text("# jt\n", encoding="utf-8")  # rewritten, same content
+    assert "reusing" in run() and len(fake.commands) == 2
+
+    printed = run(extra=["--trainer.max_epochs", "2"])
+    assert len(fake.commands) == 4 and "arguments changed" in printed
+
+    (project / "experiments" / "defaults.yaml").write_text("seed_everything: 1\n", encoding="utf-8")
+    printed = run(extra=["--trainer.max_epochs", "2"])
+    assert len(fake.commands) == 6 and "config files changed: experiments/defaults.yaml" in printed
+
+    (project / "experiments" / "data" / "embedded.yaml").write_text("data: {x: 1}\n", encoding="utf-8")
+    printed = run(extra=["--trainer.max_epochs", "2"])
+    assert len(fake.commands) == 8 and "experiments/data/embedded.yaml" in printed
+
+    assert "reusing" in run(extra=["--trainer.max_epochs", "2"]) and len(fake.commands) == 8
+    assert "--force" in run(extra=["--trainer.max_epochs", "2"], force=True) and len(fake.commands) == 10
+
+    (project / "data_modules").mkdir()
+    (project / "data_modules" / "synthetic.py").write_text("VISUAL_JITTER = 0.7\n", encoding="utf-8")
+    printed = run(extra=["--trainer.max_epochs", "2"])  # a changed default in code changes the data
+    assert len(fake.commands) == 12 and f"config files changed: {compare.CODE_KEY}" in printed
+    (project / "src" / "crmt").mkdir(parents=True)
+    (project / "src" / "crmt" / "compare_report.py").write_text("# reads finished runs\n", encoding="utf-8")
+    assert "reusing" in run(extra=["--trainer.max_epochs", "2"]), "the comparison's own code is not part of a run"
+    (project / "src" / "crmt" / "losses.py").write_text("# a training module\n", encoding="utf-8")
+    assert "config files changed" in run(extra=["--trainer.max_epochs", "2"]) and len(fake.commands) == 14
+
+
+def test_a_failed_run_points_at_its_log_and_is_not_reused(project, monkeypatch):
+    monkeypatch.setattr(compare, "launch", FakeTraining(exit_code=1))
+    with pytest.raises(RuntimeError, match="train.log") as error:
+        compare.run_all(["jt"], [0], Path("out"))
+    assert str(Path("out") / "jt" / "seed0" / "train.log") in str(error.value)
+    assert not (project / "out" / "jt" / "seed0" / "run.json").exists()
+    assert compare.rerun_reason(compare.plan_run("jt", 0, Path("out"))) is not None
+
+
+def test_missing_configs_are_named_before_anything_runs(project, monkeypatch):
+    fake = FakeTraining()
+    monkeypatch.setattr(compare, "launch", fake)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        compare.run_all(["jt", "nope"], [0], Path("out"))
+    with pytest.raises(FileNotFoundError, match=r"data configs: embedded"):
+        compare.run_all(["jt"], [0], Path("out"), data="misleading")
+    assert fake.commands == []
+
+
+def test_main_writes_the_comparison_of_seeded_runs(project, monkeypatch):
+    fake = FakeTraining()
+    monkeypatch.setattr(compare, "launch", fake)
+    markdown = compare.main(["jt", "crmt_jt", "--seed-list", "3", "5", "--data", "embedded", "--replicates", "200"])
+    assert markdown == Path("runs/compare/embedded/compare.md")
+    assert sorted(c[c.index("--seed_everything") + 1] for c in fake.commands) == ["3", "3", "5", "5"]
+    results = json.loads(markdown.with_name("compare.json").read_text(encoding="utf-8"))
+    assert results["seeds"] == [3, 5] and results["bootstrap"]["replicates"] == 200
+    assert "S = 2 seed(s) (3, 5)" in markdown.read_text(encoding="utf-8")
+    with pytest.raises(SystemExit):
+        compare.main(["jt", "--seeds", "2", "--seed-list", "1"])
