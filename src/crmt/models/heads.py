@@ -72,6 +72,12 @@ def orthonormal_rows(raw: torch.Tensor) -> torch.Tensor:
     return (q * signs).T
 
 
+def integrate_scores(integration: torch.Tensor, scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h~_k = sum_m a_k^(m) s_k^(m) + b~_k: logits (B, K) from integration weights (M, K), uni-modal
+    scores (M, B, K) and bias (K,) (method.md §2)."""
+    return (integration[:, None, :] * scores).sum(0) + bias
+
+
 class OrthogonalFusion(nn.Module):
     """h~_k(x) = sum_m a_k^(m) s_k^(m)(x) + b~_k with s^(m) = W~^(m) phi^(m) and W~^(m) W~^(m)T = I_K.
 
@@ -111,7 +117,7 @@ class OrthogonalFusion(nn.Module):
 
     def fuse(self, scores: torch.Tensor) -> torch.Tensor:
         """Fused logits (B, K) from uni-modal scores (M, B, K)."""
-        return (self.integration[:, None, :] * scores).sum(0) + self.bias
+        return integrate_scores(self.integration, scores, self.bias)
 
     def forward(self, features: Sequence[torch.Tensor]) -> FusionOutput:
         scores = self.uni_modal_scores(features)

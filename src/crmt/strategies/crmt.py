@@ -28,7 +28,7 @@ from torch import nn
 
 from crmt.distributed import gather_rows
 from crmt.losses import margin_regularizer
-from crmt.models.heads import OrthogonalFusion
+from crmt.models.heads import OrthogonalFusion, integrate_scores
 from crmt.robustness.certificates import score_function
 from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
 from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms
@@ -146,7 +146,8 @@ class CRMTJointTraining(MultiModalModule):
             self._start_selection()
             rank_zero_info(
                 f"CRMT phase switch at epoch {self.current_epoch}: tau~ estimated and scores of "
-                f"{int(self.score_cache.present.sum())} training clips cached in {time.perf_counter() - start:.1f} s"
+                f"{int(self.score_cache.present.sum())} training clips (and the validation clips') cached in "
+                f"{time.perf_counter() - start:.1f} s"
             )
         elif self.in_step2 and self.score_cache is None:
             self.score_cache, _ = self._collect_scores(self.trainer.train_dataloader, estimate_tau=False)
@@ -293,7 +294,7 @@ def cached_certificate(
     """(accuracy, mean certified radius) of the cached samples under integration weights (M, K), bias (K,)
     and tau~ (M, K): logits h~ = sum_m a^(m) s^(m) + b~, radius min_j r_j (Theorem 3.5; 0 if misclassified)."""
     scores, labels = cache.scores[:, cache.present], cache.labels[cache.present]
-    logits = (integration[:, None, :] * scores).sum(0) + bias
+    logits = integrate_scores(integration, scores, bias)
     radius = certified_radius(logits, labels, orthogonal_pair_lipschitz(integration, tau))
     return (logits.argmax(dim=1) == labels).float().mean().item(), radius.mean().item()
 
