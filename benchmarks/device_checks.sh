@@ -2,6 +2,10 @@
 # GPU checks, run once on a lent GPU machine (no install there: its python3 has torch and lightning;
 # PyAV travels as a wheel in .whl/). Writes everything under $OUT (default runs/device).
 #   PYTHONPATH=src:. bash benchmarks/device_checks.sh
+# The PyAV wheel for the GPU machine's Python 3.12, fetched on the development machine first:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl av==18.1.0
+# and installed there before this script: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
 set -uo pipefail
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
