@@ -47,11 +47,10 @@ from lightning.pytorch import Callback, Trainer
 
 from crmt.losses import margin_regularizer
 from crmt.robustness.certificates import score_function
-from crmt.robustness.certify import runner_up_bound
 from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms
 from crmt.robustness.modes import eval_mode
 from crmt.strategies.base import PAPER_INPUT_SHAPES, Batch
-from crmt.strategies.crmt import CRMTJointTraining
+from crmt.strategies.crmt import CRMTJointTraining, ScoreCache, cached_runner_up_bound
 
 Measured = tuple[dict[str, float | None], dict[str, float | None], dict[str, str]]
 """Medians per candidate, peak memory (MiB) per candidate, error message per failed candidate."""
@@ -206,9 +205,10 @@ def step2_epoch(
 ) -> None:
     """One epoch of ``_step2_update``: one a^(m) update per ``batch`` rows of scores (M, N, K), labels (N,)."""
     head = model.head
+    cache = ScoreCache(scores, labels, torch.ones_like(labels, dtype=torch.bool))
     for start in range(0, scores.shape[1], batch):
         index = torch.arange(start, min(start + batch, scores.shape[1]), device=scores.device)
-        bound = runner_up_bound(scores[:, index], head.integration, head.bias.detach(), tau, labels[index])
+        bound = cached_runner_up_bound(cache, index, head.integration, head.bias.detach(), tau)
         (grad,) = torch.autograd.grad(-bound.mean(), head.integration)
         optimizer.zero_grad()
         head.integration.grad = grad

@@ -10,7 +10,7 @@ trained once with the shipped step-1 settings (6 epochs, Adam lr 3e-3, weight de
 then, as at the real phase switch, tau~ is estimated over the training set and the frozen
 scores of the training, validation and test splits are cached. Every step-2 candidate then
 runs from the same switch on the cached scores with the module's own objective
-(:func:`crmt.robustness.certify.runner_up_bound`, batches of the training loader's size) and
+(:func:`crmt.strategies.crmt.cached_runner_up_bound`, batches of the training loader's size) and
 is read after every epoch with :func:`crmt.strategies.crmt.cached_certificate`.
 
 The decision rule, fixed before measuring: a candidate is judged by the mean over seeds and
@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from crmt.robustness.certify import runner_up_bound
-from crmt.strategies.crmt import STEP2, CRMTJointTraining, ScoreCache, cached_certificate
+from crmt.strategies.crmt import STEP2, CRMTJointTraining, ScoreCache, cached_certificate, cached_runner_up_bound
 from crmt.unimodal import load_data_module
 
 CANDIDATES: dict[str, partial] = {
@@ -91,7 +90,7 @@ def run_step2(model, caches, optimizer_factory, epochs: int, batch_size: int, se
         order = rows[torch.randperm(rows.numel(), generator=generator)]
         for start in range(0, order.numel(), batch_size):
             index = order[start:start + batch_size]
-            bound = runner_up_bound(train.scores[:, index], integration, bias, tau, train.labels[index])
+            bound = cached_runner_up_bound(train, index, integration, bias, tau)
             optimizer.zero_grad()
             (-bound.mean()).backward()
             optimizer.step()

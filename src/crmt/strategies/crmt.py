@@ -241,13 +241,7 @@ class CRMTJointTraining(MultiModalModule):
         optimizer = self.optimizers()[1]
         assert self.score_cache is not None
         index = batch["index"].to(self.score_cache.labels.device)
-        bound = runner_up_bound(
-            self.score_cache.scores[:, index],
-            self.head.integration,
-            self.head.bias.detach(),
-            self.tau,
-            self.score_cache.labels[index],
-        )
+        bound = cached_runner_up_bound(self.score_cache, index, self.head.integration, self.head.bias.detach(), self.tau)
         loss = -bound.mean()
         (grad,) = torch.autograd.grad(loss, self.head.integration)
         if self.trainer.world_size > 1:
@@ -285,6 +279,14 @@ class CRMTJointTraining(MultiModalModule):
             return
         radius = certified_radius(output.logits, batch["label"], pair_lipschitz)
         self.log(f"{stage}/certified_radius", radius.mean(), batch_size=radius.shape[0], sync_dist=True)
+
+
+def cached_runner_up_bound(
+    cache: ScoreCache, index: torch.Tensor, integration: torch.Tensor, bias: torch.Tensor, tau: torch.Tensor
+) -> torch.Tensor:
+    """Step 2's bound r_{j_i}(x_i) (B,) of the cached rows ``index`` (B,) against their runner-up class
+    (Theorem 3.5) under integration weights (M, K), bias (K,) and tau~ (M, K); step 2 minimises its negated mean."""
+    return runner_up_bound(cache.scores[:, index], integration, bias, tau, cache.labels[index])
 
 
 @torch.no_grad()
