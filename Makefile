@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXP ?= crmt_jt
 CKPT ?=
+RESUME ?=
 EXPS ?=
 SWEEP ?= crmt_rho
 SWEEP_ID ?=
@@ -31,8 +32,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create/update the virtual environment in .venv
 	@$(BIN)/python -c "import torch, torchaudio, lightning, av, wandb; print('torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| lightning', lightning.__version__, '| av', av.__version__, '| wandb', wandb.__version__)"
 
-train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test), e.g. make train EXP=crmt_jt ARGS="--trainer.max_epochs 3"
-	$(BIN)/python -m crmt fit --config experiments/$(EXP).yaml $(ARGS)
+train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test), e.g. make train EXP=crmt_jt ARGS="--trainer.max_epochs 3"; RESUME=last continues the newest run of EXP
+	$(BIN)/python -m crmt fit --config experiments/$(EXP).yaml $(if $(RESUME),--resume $(RESUME)) $(ARGS)
 
 eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt CKPT=runs/crmt/<id>/checkpoints/last.ckpt
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint path>"; exit 2; }

@@ -17,6 +17,12 @@ Why per-clip files and not Lightning's ``litdata`` chunks:
 - Preparation is resumable clip by clip: each file is written to a temporary name and renamed,
   so a clip is either completely cached or absent, and a rerun decodes only absent clips. A
   chunked format is written in one go and cannot say which samples are complete.
+- Every file is verifiable: an ``.npz`` is a zip archive holding a CRC-32 of each array.
+  :meth:`ClipCache.has` counts a file as cached only if its archive directory reads (a
+  truncated or empty file does not); :meth:`ClipCache.verify` checks every CRC (``prepare``
+  runs it on every cached file and re-decodes the corrupted ones), and reading an array checks
+  its CRC too. Files get the permissions the umask allows (group-readable by default), so a
+  cache can be shared.
 - A clip of the paper's inputs is about 2 MB (1024 x 128 float32 filterbank + ten 224 x 224
   RGB frames), far above the size where per-file overhead matters, and ``--compress`` (zlib)
   trades some CPU for roughly half the disk. Object storage (S3) is where litdata's chunks
@@ -82,7 +88,28 @@ class ClipCache:
         return self.folder / "clips" / shard / f"{key}.npz"
 
     def has(self, key: str) -> bool:
-        return self.clip_file(key).is_file()
+        """Whether clip ``key`` has a cache file whose archive directory reads (cheap: no array is read)."""
+        path = self.clip_file(key)
+        if not path.is_file():
+            return False
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return bool(archive.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return False
+
+    def verify(self, key: str) -> str | None:
+        """Why the cache file of clip ``key`` is unusable (missing, unreadable, a failed CRC-32), or ``None``."""
+        path = self.clip_file(key)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile, EOFError) as error:
+            return f"unreadable ({error})"
+        if damaged is not None:
+            return f"CRC-32 check failed for {damaged}"
+        return None if names else "holds no arrays"
 
     def read(self, key: str) -> dict[str, np.ndarray]:
         """The cached arrays of clip ``key``; an unreadable file is a :class:`ClipDecodeError` naming it."""
@@ -92,7 +119,7 @@ class ClipCache:
                 return {name: archive[name] for name in archive.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ClipDecodeError.for_clip(
-                path, f"unreadable cache file ({error}); delete it and run prepare again"
+                path, f"unreadable cache file ({error}); `make prepare` decodes it again"
             ) from error
 
     def write(self, key: str, arrays: Mapping[str, np.ndarray], *, compress: bool = False) -> None:
@@ -102,7 +129,11 @@ class ClipCache:
         save = np.savez_compressed if compress else np.savez
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=_TEMPORARY_SUFFIX, delete=False) as handle:
             save(handle, **arrays)
-        os.replace(handle.name, path)
+        _publish(handle.name, path)
+
+    def remove(self, key: str) -> None:
+        """Delete the cache file of clip ``key`` (if any)."""
+        self.clip_file(key).unlink(missing_ok=True)
 
     def remove_partial_files(self) -> int:
         """Delete temporary files left by an interrupted preparation; returns how many."""
@@ -123,4 +154,12 @@ class ClipCache:
 def _write_atomically(path: Path, data: bytes) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=_TEMPORARY_SUFFIX, delete=False) as handle:
         handle.write(data)
-    os.replace(handle.name, path)
+    _publish(handle.name, path)
+
+
+def _publish(temporary: str, path: Path) -> None:
+    """Give ``temporary`` (created 0600) the mode the umask allows a new file, then rename it to ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)

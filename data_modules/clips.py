@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+import uuid
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Final, Literal, Protocol, get_args
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from data_modules.augment import crop_and_flip
 from data_modules.cache import ClipCache
@@ -38,7 +43,8 @@ class ClipPipeline(Protocol):
 
     ``extract`` decodes a clip into compact arrays (cacheable, independent of training or
     evaluation); ``transform`` turns them into the model's float32 inputs, one per key of
-    ``input_shapes``, sampling frames at random for training and centred for evaluation.
+    ``input_shapes``, sampling frames at random (from ``generator``) for training and centred
+    for evaluation.
     ``cache_fields`` are the settings that shape the extracted arrays.
     """
 
@@ -54,7 +60,9 @@ class ClipPipeline(Protocol):
 
     def extract(self, record: ClipRecord) -> dict[str, np.ndarray]: ...
 
-    def transform(self, arrays: dict[str, np.ndarray], *, train: bool) -> dict[str, torch.Tensor]: ...
+    def transform(
+        self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -149,13 +157,15 @@ class ClipSettings:
             raise ClipDecodeError.for_clip(audio_file, str(error)) from error
         return {"frames": video.frames, "fbank": fbank.numpy()}
 
-    def transform(self, arrays: dict[str, np.ndarray], *, train: bool) -> dict[str, torch.Tensor]:
+    def transform(
+        self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """``visual`` (3, num_frames, S, S) and ``audio`` (1, num_mel_bins, audio_frames) from
-        :meth:`extract`'s arrays; training draws frames (and crops) from torch's global RNG."""
+        :meth:`extract`'s arrays; training draws frames (and crops) from ``generator``."""
         frames = torch.from_numpy(arrays["frames"])
-        chosen = frames[sample_frame_indices(len(frames), self.num_frames, train=train)]
+        chosen = frames[sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)]
         if train and self.augment:
-            chosen = crop_and_flip(chosen)
+            chosen = crop_and_flip(chosen, generator=generator)
         audio = normalize_fbank(
             torch.from_numpy(arrays["fbank"]),
             target_frames=self.audio_frames,
@@ -163,6 +173,33 @@ class ClipSettings:
             std=self.audio_std * self.audio_std_factor,
         )
         return {"visual": normalize_frames(chosen, self.visual_mean, self.visual_std), "audio": audio}
+
+
+class SkipLog:
+    """The clips a :class:`ClipDataset` dropped while loading (``on_bad_clip="skip"``), from any
+    DataLoader worker: one JSON line ``[path, reason]`` per drop, appended to a file that this
+    object (in the main process) reads and removes when it is garbage-collected."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.gettempdir()) / f"crmt-skipped-{uuid.uuid4().hex}.jsonl"
+        weakref.finalize(self, self.path.unlink, missing_ok=True)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path}  # a worker's copy appends to the same file and never removes it
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.path = state["path"]
+
+    def add(self, path: str, reason: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as log:
+            log.write(json.dumps([path, reason]) + "\n")
+
+    def entries(self) -> list[tuple[str, str]]:
+        """Every (path, reason) logged so far, once each, in the order first logged."""
+        if not self.path.is_file():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return list(dict.fromkeys(tuple(json.loads(line)) for line in lines if line))
 
 
 class ClipDataset(Dataset[Sample | None]):
@@ -174,15 +211,15 @@ class ClipDataset(Dataset[Sample | None]):
     the same arrays, so the same tensors for evaluation. Containers are opened per item, so
     the dataset pickles cheaply into DataLoader workers.
 
-    Training samples one random frame per segment (and crops, with ``augment``) from torch's
-    global RNG. In a DataLoader worker that RNG is seeded per epoch by the DataLoader (from its
-    ``generator`` when given, which :class:`MediaDataModule` seeds from ``seed``, and re-mixed
-    with the rank by Lightning's ``seed_everything(workers=True)``); with ``num_workers=0`` it
-    is the main process's RNG, set by ``seed_everything``. Either way a seeded run repeats
-    exactly and epochs differ.
+    Items are addressed by ``index`` or, for training, by ``(epoch, index)`` (what
+    :class:`EpochShuffle` yields; a bare index means epoch 0). Training samples one random frame
+    per segment (and crops, with ``augment``) from a generator seeded by ``(seed, epoch, index)``
+    (:func:`sample_seed`): every draw is a function of the run's seed, the epoch and the clip,
+    whatever the worker count, the rank or the point a run was resumed from.
 
     A clip that fails to decode raises :class:`ClipDecodeError` (``on_bad_clip="raise"``) or is
-    returned as ``None`` with a warning (``"skip"``); :func:`collate_clips` drops those.
+    returned as ``None`` with a warning and recorded in ``skip_log`` (``"skip"``);
+    :func:`collate_clips` drops those.
     """
 
     def __init__(
@@ -193,37 +230,74 @@ class ClipDataset(Dataset[Sample | None]):
         train: bool,
         on_bad_clip: BadClipPolicy = "raise",
         cache: ClipCache | None = None,
+        seed: int = 0,
+        skip_log: SkipLog | None = None,
     ) -> None:
         self.records = list(records)
         self.settings = settings
         self.train = train
         self.on_bad_clip = on_bad_clip
         self.cache = cache
+        self.seed = seed
+        self.skip_log = skip_log
 
     def __len__(self) -> int:
         return len(self.records)
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
-        """The extracted arrays of clip ``index``: from the cache when there, else decoded now."""
+        """The extracted arrays of clip ``index``: from the cache when there, else decoded now (also,
+        with a warning naming the file, when the cache file fails its CRC check: the same arrays)."""
         record = self.records[index]
         if self.cache is not None and self.cache.has(record.key):
-            return self.cache.read(record.key)
+            try:
+                return self.cache.read(record.key)
+            except ClipDecodeError as error:
+                warnings.warn(f"{error}; decoding the clip from its media instead", stacklevel=2)
         return self.settings.extract(record)
 
-    def __getitem__(self, index: int) -> Sample | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample | None:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         record = self.records[index]
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index)) if self.train else None
         try:
-            inputs = self.settings.transform(self.arrays(index), train=self.train)
+            inputs = self.settings.transform(self.arrays(index), train=self.train, generator=generator)
         except ClipDecodeError as error:
             if self.on_bad_clip == "raise":
                 raise
             warnings.warn(f"skipping sample {index}: {error}", stacklevel=2)
+            if self.skip_log is not None:
+                self.skip_log.add(str(record.path), error.reason or str(error))
             return None
         return {
             **inputs,
             "label": torch.tensor(record.label, dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),
         }
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed for the random draws of sample ``index`` in ``epoch`` of a run seeded ``seed``
+    (numpy's SeedSequence hash, so nearby triples give unrelated streams)."""
+    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, np.uint64)[0])
+
+
+class EpochShuffle(DistributedSampler):
+    """The training order: this rank's shard of a permutation seeded by ``seed + epoch``, as
+    ``(epoch, index)`` keys of a :class:`ClipDataset`, so that the samples' random draws follow
+    the epoch too.
+
+    A :class:`DistributedSampler` even in one process, so Lightning keeps it under DDP and calls
+    :meth:`set_epoch` before every epoch. The epoch is read when an iterator is made, so epoch
+    ``e`` is the same in a fresh run and in a run resumed at ``e``.
+    """
+
+    def __init__(self, dataset: ClipDataset, *, num_replicas: int, rank: int, seed: int, epoch: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
 
 
 def collate_clips(samples: Sequence[Sample | None]) -> Sample | None:
@@ -251,7 +325,9 @@ class MediaDataModule(L.LightningDataModule):
     ``input_shapes`` (B, *shape), and ``label``, ``index`` (B,) int64. ``setup`` checks every
     clip of the requested splits before training starts; unusable ones raise one
     :class:`ClipDecodeError` listing them (``on_bad_clip="raise"``) or are dropped, counted in a
-    warning and kept in ``skipped_clips`` as ``(path, reason)`` (``"skip"``).
+    warning and kept in ``skipped_clips`` as ``(path, reason)`` (``"skip"``), like the clips that
+    fail later, while a batch is loaded. An empty test split, or an empty validation split while
+    validation is on, is an error naming the split.
 
     With ``cache_dir``, clips cached by ``prepare_cache`` (``python -m data_modules.prepare``)
     are read from the cache and not probed again; clips that preparation could not decode are
@@ -289,8 +365,15 @@ class MediaDataModule(L.LightningDataModule):
         self.cache = (
             ClipCache.for_settings(cache_dir, self.dataset_name, settings.cache_fields()) if cache_dir else None
         )
-        self.skipped_clips: list[tuple[str, str]] = []
+        self.unusable_clips: list[tuple[str, str]] = []
+        self.skip_log = SkipLog()
         self.datasets: dict[str, ClipDataset] = {}
+
+    @property
+    def skipped_clips(self) -> list[tuple[str, str]]:
+        """Every clip dropped so far with ``on_bad_clip="skip"``, as (path, reason): those found unusable
+        by ``setup`` and those that failed while loading (in this process's loaders)."""
+        return list(dict.fromkeys([*self.unusable_clips, *self.skip_log.entries()]))
 
     @property
     def source(self) -> str:
@@ -347,9 +430,17 @@ class MediaDataModule(L.LightningDataModule):
             summary = f"{len(bad)} of {len(records)} clips in the {split!r} split of {self.source} are unusable"
             if self.on_bad_clip == "raise":
                 raise ClipDecodeError(f"{summary} (set on_bad_clip='skip' to drop them): {listed}{more}")
-            self.skipped_clips.extend(bad)
+            self.unusable_clips.extend(bad)
             rank_zero_warn(f"{summary}; skipping them: {listed}{more}")
-        return ClipDataset(good, self.settings, train=split == "train", on_bad_clip=self.on_bad_clip, cache=self.cache)
+        return ClipDataset(
+            good,
+            self.settings,
+            train=split == "train",
+            on_bad_clip=self.on_bad_clip,
+            cache=self.cache,
+            seed=self.seed,
+            skip_log=self.skip_log,
+        )
 
     def prepare_cache(self, *, workers: int = 2, compress: bool = False, progress: bool = True) -> PrepareReport:
         """Decode every clip of every split into the cache (resumable; see :func:`prepare_clips`)."""
@@ -363,17 +454,31 @@ class MediaDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"the {split!r} split is not set up; call setup() first")
         dataset = self.datasets[split]
-        if shuffle and len(dataset) == 0:
-            raise ValueError(f"the {split!r} split of {self.source} has no usable clips")
+        if len(dataset) == 0 and (split != "val" or self.trainer is None or self.trainer.limit_val_batches != 0):
+            advice = {
+                "train": "",
+                "val": "; validation needs some (trainer.limit_val_batches=0 trains without validation)",
+            }.get(split, "; there is nothing to test (--test_after_fit false skips the test after fit)")
+            raise ValueError(f"the {split!r} split of {self.source} has no usable clips{advice}")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=self._training_order(dataset) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=collate_clips,
             pin_memory=False,
             persistent_workers=False,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _training_order(self, dataset: ClipDataset) -> EpochShuffle:
+        """This rank's shuffled shard, from the epoch the Trainer is about to run (not 0 when resuming)."""
+        trainer = self.trainer
+        if trainer is None:
+            return EpochShuffle(dataset, num_replicas=1, rank=0, seed=self.seed, epoch=0)
+        epoch = trainer.fit_loop.epoch_progress.current.processed
+        return EpochShuffle(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, seed=self.seed, epoch=epoch
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,7 +1,9 @@
 """Fill a :class:`ClipCache`: decode every clip once, in parallel worker processes, resumably.
 
-A clip counts as done when its cache file exists (files are renamed into place complete), so
-an interrupted preparation, rerun, decodes only the clips that are not cached yet. Clips that
+A clip counts as done when its cache file exists (files are renamed into place complete) and
+passes its CRC-32 check, so an interrupted preparation, rerun, decodes only the clips that are
+not cached yet, and a corrupted file (truncated, emptied, a flipped bit) is decoded again and
+reported. Clips that
 fail to decode are retried on every run (the user may have fixed them) and recorded with their
 reason in the cache's ``failures.json``, which the data modules read instead of probing again.
 """
@@ -30,20 +32,24 @@ Outcome = tuple[str, str | None]
 
 @dataclass
 class PrepareReport:
-    """What a preparation did: clips in total, already cached before, newly written, and the
-    failed ones as clip name -> (media path, reason)."""
+    """What a preparation did: clips in total, already cached before (and verified), newly written,
+    the corrupted cache files decoded again as clip name -> what was wrong, and the failed ones as
+    clip name -> (media path, reason)."""
 
     total: int
     already_cached: int
     written: int = 0
+    corrupted: dict[str, str] = field(default_factory=dict)
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def summary(self, limit: int = 20) -> str:
         """A few lines for people: the counts, then up to ``limit`` failed clips with reasons."""
         lines = [
-            f"{self.total} clips: {self.already_cached} were cached already, {self.written} decoded now, "
-            f"{len(self.failed)} failed"
+            f"{self.total} clips: {self.already_cached} were cached already, {self.written} decoded now "
+            f"({len(self.corrupted)} of them to replace corrupted cache files), {len(self.failed)} failed"
         ]
+        for key, problem in sorted(self.corrupted.items())[:limit]:
+            lines.append(f"  corrupted cache file of {key}: {problem}; decoded again")
         for key, (path, reason) in sorted(self.failed.items())[:limit]:
             lines.append(f"  failed {key}: {path}: {reason}")
         if len(self.failed) > limit:
@@ -81,8 +87,13 @@ def prepare_clips(
     clips = unique_clips(records)
     cache.create()
     cache.remove_partial_files()
+    corrupted = {}
+    for record in clips:
+        if cache.clip_file(record.key).is_file() and (problem := cache.verify(record.key)) is not None:
+            corrupted[record.key] = problem
+            cache.remove(record.key)
     pending = [record for record in clips if not cache.has(record.key)]
-    report = PrepareReport(total=len(clips), already_cached=len(clips) - len(pending))
+    report = PrepareReport(total=len(clips), already_cached=len(clips) - len(pending), corrupted=corrupted)
     paths = {record.key: str(record.path) for record in pending}
     failures = {key: reason for key, reason in cache.failures().items() if key in paths}
     try:

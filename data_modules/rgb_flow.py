@@ -81,13 +81,16 @@ class RgbFlowSettings:
         _, video = decode_sampled(record.path, fps=self.fps, frame_size=self.frame_size, pairs=True)
         return {"frames": video.frames, "flow": flow_images(video.pairs, self.frame_size, self.flow_bound)}
 
-    def transform(self, arrays: dict[str, np.ndarray], *, train: bool) -> dict[str, torch.Tensor]:
-        """``rgb`` (3, T, S, S) and ``flow`` (2, T, S, S) from :meth:`extract`'s arrays."""
+    def transform(
+        self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``rgb`` (3, T, S, S) and ``flow`` (2, T, S, S) from :meth:`extract`'s arrays; training draws from ``generator``."""
         frames, flow = torch.from_numpy(arrays["frames"]), torch.from_numpy(arrays["flow"])
-        steps = sample_frame_indices(len(frames), self.num_frames, train=train)
+        steps = sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)
         rgb, motion = frames[steps], flow[steps]
         if train and self.augment:
-            rgb, motion = crop_and_flip(rgb), crop_and_flip(motion, flip_negates=0)
+            rgb = crop_and_flip(rgb, generator=generator)
+            motion = crop_and_flip(motion, flip_negates=0, generator=generator)
         return {
             "rgb": normalize_pixels(rgb, self.rgb_mean, self.rgb_std),
             "flow": normalize_pixels(motion, self.flow_mean, self.flow_std),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
@@ -82,3 +84,15 @@ def validation_batch(data: TensorAVDataModule, size: int = 30) -> tuple[list[tor
     """The first ``size`` validation samples as (inputs in modality order, labels)."""
     batch = next(iter(DataLoader(data.val_set, batch_size=size)))
     return [batch["visual"], batch["audio"]], batch["label"]
+
+
+class SignalAt(Callback):
+    """Send this process a signal after a given training batch: ``$CRMT_TEST_SIGNAL`` = ``epoch:batch:signum``.
+
+    For the preemption tests, which run ``python -m crmt fit`` with ``--trainer.callbacks+=helpers.SignalAt``.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        epoch, batch_index, signum = (int(part) for part in os.environ["CRMT_TEST_SIGNAL"].split(":"))
+        if trainer.current_epoch == epoch and batch_idx == batch_index:
+            os.kill(os.getpid(), signum)

@@ -128,7 +128,7 @@ def assert_report_files(folder: Path) -> None:
 def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
     """A real `python -m crmt fit`: MP4 generation, decoding, step 1, the switch, step 2, test, W&B files."""
     output = run_cli(["fit", "--config", "experiments/crmt_jt.yaml", *tiny_run_args(tmp_path)], cwd=REPO)
-    assert "CRMT phase switch at epoch 1" in output
+    assert "CRMT phase switch after epoch 0 (step 2 starts at epoch 1)" in output
     assert "test/acc" in output
 
     run_dir = wandb_run_dir(tmp_path / "runs")

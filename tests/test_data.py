@@ -214,6 +214,9 @@ def test_clip_that_breaks_during_decoding_is_dropped_not_zero_filled(tiny_datase
             with pytest.warns(UserWarning, match="dropped 1 of 2 samples"):
                 batch = next(iter(loader))
             assert batch["label"].tolist() == [1]
+            assert [(Path(path).name, reason) for path, reason in data.skipped_clips] == [
+                ("later_broken.mp4", "Invalid data found when processing input")
+            ], "the clip dropped while loading is recorded with its reason"
         clip.write_bytes((tiny_dataset / "clips" / "train" / "c0_000.mp4").read_bytes())
 
 
@@ -259,3 +262,30 @@ def test_data_variant_configs_compose_over_the_defaults():
     assert misleading.root == Path("data/embedded_misleading") and default.root == Path("data/embedded")
     assert misleading.seed == 3 and misleading.spec.seed == 0, "the loader seed never changes the clips"
     assert misleading.spec.test_per_class == default.spec.test_per_class == 50
+
+
+def test_a_clip_dropped_inside_a_dataloader_worker_is_recorded(tiny_dataset, tmp_path):
+    clip = tmp_path / "later_broken.mp4"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"path,label,split\n{clip},0,train\n{tiny_dataset / 'clips' / 'train' / 'c1_000.mp4'},1,train\n")
+    clip.write_bytes((tiny_dataset / "clips" / "train" / "c0_000.mp4").read_bytes())
+    data = ClipDataModule(str(manifest), num_classes=2, num_workers=2, batch_size=1, on_bad_clip="skip", audio_frames=50, frame_size=32)
+    data.setup("fit")
+    clip.write_bytes(b"\x00" * 64)
+    labels = [batch["label"].tolist() for batch in data.train_dataloader() if batch is not None]  # warns in the worker
+    assert labels == [[1]]
+    assert [Path(path).name for path, _ in data.skipped_clips] == ["later_broken.mp4"]
+
+
+@pytest.mark.parametrize(("split", "stage", "message"), [
+    ("test", "test", "'test' split of .* has no usable clips; there is nothing to test"),
+    ("val", "fit", "'val' split of .* has no usable clips; validation needs some"),
+])
+def test_an_empty_split_is_an_error_naming_it(tiny_dataset, tmp_path, split, stage, message):
+    rows = [f"{path},{i % 3},train" for i, path in enumerate(sorted((tiny_dataset / "clips" / "train").glob("*.mp4")))]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    data = ClipDataModule(str(manifest), num_classes=3, num_workers=0, audio_frames=50, frame_size=32)
+    data.setup(stage)
+    with pytest.raises(ValueError, match=message):
+        getattr(data, f"{split}_dataloader")()

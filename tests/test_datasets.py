@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -456,14 +458,38 @@ def test_cache_folder_depends_on_the_preprocessing_settings_only(ks_fake, tmp_pa
         base.cache.clip_file("../escape")
 
 
-def test_unreadable_cache_file_is_reported_by_name(ks_fake, tmp_path):
-    data = ks_module(ks_fake, cache_dir=str(tmp_path / "cache"))
-    data.prepare_cache(workers=0, progress=False)
+def test_corrupted_cache_files_are_not_counted_as_cached_and_prepare_decodes_them_again(ks_fake, tmp_path):
+    umask = os.umask(0o027)  # a shared cache: group-readable, not world-readable
+    try:
+        data = ks_module(ks_fake, cache_dir=str(tmp_path / "cache"))
+        data.prepare_cache(workers=0, progress=False)
+    finally:
+        os.umask(umask)
     data.setup("test")
-    key = data.datasets["test"].records[0].key
-    data.cache.clip_file(key).write_bytes(b"garbage")
-    with pytest.raises(ClipDecodeError, match=rf"{key}\.npz: unreadable cache file"):
-        data.datasets["test"][0]
+    dataset = data.datasets["test"]
+    keys = [record.key for record in dataset.records[:3]]
+    files = [data.cache.clip_file(key) for key in keys]
+    assert {stat.S_IMODE(path.stat().st_mode) for path in data.cache.folder.rglob("*") if path.is_file()} == {0o640}
+    good = [path.read_bytes() for path in files]
+    expected = [dataset[i] for i in range(3)]
+
+    files[0].write_bytes(good[0][: len(good[0]) // 2])  # truncated
+    files[1].write_bytes(b"")  # emptied
+    flipped = bytearray(good[2])
+    flipped[len(flipped) // 2] ^= 0x10  # one bit inside the frames' bytes
+    files[2].write_bytes(bytes(flipped))
+
+    assert not data.cache.has(keys[0]) and not data.cache.has(keys[1]), "setup must not count them as cached"
+    assert data.cache.verify(keys[2]).startswith("CRC-32 check failed")
+    with pytest.warns(UserWarning, match=rf"{keys[2]}\.npz: unreadable cache file \(Bad CRC-32"):
+        reread = dataset[2]
+    for i, sample in enumerate([dataset[0], dataset[1], reread]):  # decoded from the media instead: the same tensors
+        assert all(torch.equal(sample[name], expected[i][name]) for name in expected[i]), keys[i]
+
+    report = data.prepare_cache(workers=0, progress=False)
+    assert sorted(report.corrupted) == sorted(keys) and report.written == 3 and report.failed == {}
+    assert "3 of them to replace corrupted cache files" in report.summary()
+    assert [path.read_bytes() for path in files] == good, "decoded again byte for byte"
 
 
 def test_prepare_command_reads_the_experiment_config_and_training_then_reads_the_cache(

@@ -68,7 +68,7 @@ def test_phase_switches_at_step1_epochs_and_step2_changes_only_integration(tmp_p
 
     before, after = recorder.step1_state, model.state_dict()
     changed = [name for name in after if not torch.equal(before[name], after[name])]
-    assert sorted(changed) == ["head.integration", "phase", "tau"], changed
+    assert sorted(changed) == ["head.integration", "phase", "scored_epoch", "tau"], changed
     assert recorder.bound_at_switch is not None
     assert cached_mean_bound(model) > recorder.bound_at_switch
 

@@ -54,5 +54,5 @@ def test_sweep_trial_command_parses_and_starts_training(path, tmp_path):
         assert node == value, (name, node, value)
     trained = subprocess.run([*command, *tiny], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
-    assert "CRMT phase switch at epoch 1" in trained.stdout + trained.stderr
+    assert "CRMT phase switch after epoch 0 (step 2 starts at epoch 1)" in trained.stdout + trained.stderr
     assert list((tmp_path / "runs" / "wandb").glob("offline-run-*")), "outside an agent the trial logs offline"

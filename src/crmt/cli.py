@@ -2,7 +2,8 @@
 
 A LightningCLI in subclass mode: the experiment YAML picks the strategy (model) and the
 data module by class path. ``experiments/defaults.yaml`` is read first when the project is
-run from its source tree, so experiment files hold only what differs.
+run from its source tree, so experiment files hold only what differs. ``fit --resume last``
+continues the newest run started with the same ``--config`` files, in its own run folder.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from crmt.callbacks.checkpoints import RunCheckpoints, find_last_checkpoint
 from crmt.callbacks.robustness import RobustnessReport
+from crmt.reproducibility import run_context
 from crmt.strategies.base import MultiModalModule
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
@@ -35,12 +38,45 @@ class CRMTCLI(LightningCLI):
             default=None,
             help="write the robustness report here instead of <run folder>/report",
         )
+        parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="fit only: continue from 'last' (the newest last.ckpt of a run started with the same --config "
+            "files) or from a checkpoint file, in that run's folder (and W&B run)",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         init_args = config.model.init_args
         if "step1_epochs" in init_args and "step2_epochs" in init_args and config.trainer.max_epochs is None:
             config.trainer.max_epochs = init_args.step1_epochs + init_args.step2_epochs
+        if self.subcommand == "fit" and config.get("resume"):
+            self._resume(config)
+
+    def _resume(self, config) -> None:
+        """Point ``ckpt_path`` at the checkpoint to continue and the logger at that run's folder."""
+        if config.get("ckpt_path"):
+            raise ValueError("pass either --resume or --ckpt_path, not both")
+        logger = config.trainer.logger
+        wandb = logger is not None and logger is not False and str(logger.class_path).endswith("WandbLogger")
+        if config.resume == "last":
+            root = Path(logger.init_args.save_dir or config.trainer.default_root_dir or ".") if wandb else Path(
+                config.trainer.default_root_dir or "."
+            )
+            checkpoint = find_last_checkpoint(root, self._config_files(config))
+        else:
+            checkpoint = Path(config.resume)
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"--resume {config.resume}: no such checkpoint file")
+        config.ckpt_path = str(checkpoint)
+        if wandb:  # <save_dir>/<project>/<run id>/checkpoints/<file>: log into the same run
+            logger.init_args.id = checkpoint.parent.parent.name
+        print(f"resuming {checkpoint}")
+
+    @staticmethod
+    def _config_files(config) -> list[str]:
+        return [str(path) for path in config.get("config") or []]
 
     def _apply_report_dir(self) -> None:
         report_dir = self.config[self.subcommand].get("report_dir")
@@ -49,11 +85,20 @@ class CRMTCLI(LightningCLI):
                 if isinstance(callback, RobustnessReport):
                     callback.output_dir = report_dir
 
+    def _log_run_context(self) -> None:
+        if self.trainer.logger is not None:
+            self.trainer.logger.log_hyperparams({"run": run_context(self.trainer)})
+
     def before_fit(self) -> None:
         self._apply_report_dir()
+        self._log_run_context()
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunCheckpoints):
+                callback.configs = self._config_files(self.config.fit)
 
     def before_test(self) -> None:
         self._apply_report_dir()
+        self._log_run_context()
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit and not self.trainer.interrupted:

@@ -19,6 +19,7 @@ from crmt.robustness.attacks import pixel_ranges_for
 from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessResults, RobustnessSettings
 from crmt.robustness.figures import plot_eta_ratio_heatmap
 from crmt.robustness.report import ReportFiles, attack_columns, write_report
+from crmt.reproducibility import run_context
 
 
 def run_folder(trainer: Trainer) -> Path:
@@ -185,7 +186,8 @@ class RobustnessReport(Callback):
             return
         name = self.name or _run_name(trainer, pl_module)
         folder = Path(self.output_dir) if self.output_dir else run_folder(trainer) / "report"
-        self.files = files = write_report(results, folder, name)
+        context = {**run_context(trainer), "skipped_clips": getattr(trainer.datamodule, "skipped_clips", [])}
+        self.files = files = write_report(results, folder, name, context)
         rank_zero_info(files.markdown.read_text(encoding="utf-8") + f"\nReport files: {folder}")
         if trainer.logger is not None:
             trainer.logger.log_metrics(scalar_metrics(results, "report"), step=trainer.global_step)

@@ -120,11 +120,15 @@ def render_markdown(name: str, metrics: Mapping) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(results: RobustnessResults, folder: Path, name: str) -> ReportFiles:
-    """Write ``report.md``, ``metrics.json`` and the PNG figures of ``results`` into ``folder``."""
+def write_report(
+    results: RobustnessResults, folder: Path, name: str, context: dict[str, object] | None = None
+) -> ReportFiles:
+    """Write ``report.md``, ``metrics.json`` and the PNG figures of ``results`` into ``folder``;
+    ``context`` (what the numbers depend on: seed, threads, device, versions, skipped clips) goes
+    into ``metrics.json`` under ``run``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    metrics = {"name": name, **results.metrics()}
+    metrics = {"name": name, **results.metrics(), **({"run": context} if context is not None else {})}
     metrics_path = folder / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     (folder / "per_sample.json").write_text(json.dumps(results.per_sample()) + "\n", encoding="utf-8")

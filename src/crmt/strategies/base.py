@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -103,6 +105,11 @@ class MultiModalModule(LightningModule):
     def forward(self, inputs: Sequence[torch.Tensor]) -> FusionOutput:
         return self.fuse([self.encode_modality(m, x) for m, x in enumerate(inputs)])
 
+    def checkpoint_milestone(self) -> str | None:
+        """A name for the state at the end of this epoch worth keeping beside ``last.ckpt`` (a phase
+        change; see :class:`crmt.callbacks.RunCheckpoints`), or ``None``."""
+        return None
+
     def known_pair_lipschitz(self) -> torch.Tensor | None:
         """A pair Lipschitz table (M, K, K) the strategy estimated itself (see
         :mod:`crmt.robustness.certify`), or ``None``; evaluation then estimates one."""
@@ -118,6 +125,24 @@ class MultiModalModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the random state (torch, CUDA, numpy, Python) with the weights, so that a fit resumed
+        from this checkpoint draws what the uninterrupted fit would have drawn (attack starts, mixing).
+        Stored as tensors and numbers only: checkpoints load with ``weights_only=True``."""
+        states = _collect_rng_states(include_cuda=True)
+        kind, keys, position, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss))
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the random state saved with the checkpoint when resuming ``fit`` (not for evaluation)."""
+        if "rng_states" not in checkpoint or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        states = dict(checkpoint["rng_states"])
+        kind, keys, position, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss)
+        _set_rng_states(states)
 
     def log_train(self, values: dict[str, torch.Tensor], batch: Batch, prog_bar: Sequence[str] = ("loss",)) -> None:
         """Log ``train/<name>`` for each value, per epoch and per step."""

@@ -1,16 +1,18 @@
 """CRMT-JT: the two-step certifiable robust multi-modal training of method.md §2-§3.
 
 Step 1 (epochs [0, step1_epochs)): encoders, W~, a and b~ minimise CE + rho * L1.
-At the switch, once: tau~_k^(m) is estimated over the training set (max-reduced across
-ranks) and the frozen uni-modal scores of every training and validation sample are cached
-(gathered from every rank). Step 2 (the remaining epochs): only a^(m) is updated, to maximise
+At the switch, once, at the end of the last step-1 epoch: tau~_k^(m) is estimated over the
+training set (max-reduced across ranks) and the frozen uni-modal scores of every training and
+validation sample are cached (gathered from every rank); the checkpoint of that epoch holds
+the switch. Step 2 (the remaining epochs): only a^(m) is updated, to maximise
 the mean certified bound r_j of the runner-up class, from the cached scores; the encoders
 never run in step 2. After each step-2 epoch the validation scores give the mean certified
 radius of the current a^(m); the model ends with the a^(m) of the best such epoch (the
 switch's a^(m) included) among those whose validation accuracy is not below the switch's
 (``step2_selection="best_val"``): step 2 may raise the certified bound but never at the cost
-of clean accuracy, and the test split is never looked at. The phase, tau~, a^(m) and the
-selection state live in the state dict, so checkpoints resume in the right phase.
+of clean accuracy, and the test split is never looked at. The phase, tau~, a^(m), the
+selection state and the epoch whose training samples were scored live in the state dict, so a
+checkpoint resumes in the right phase and a run resumed in step 2 rebuilds the same cache.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -94,6 +97,7 @@ class CRMTJointTraining(MultiModalModule):
         self.register_buffer("best_val_radius", torch.tensor(float("-inf")))
         self.register_buffer("switch_val_accuracy", torch.tensor(0.0))
         self.register_buffer("best_step2_epoch", torch.tensor(-1))
+        self.register_buffer("scored_epoch", torch.tensor(-1))
         self.score_cache: ScoreCache | None = None
         self.val_cache: ScoreCache | None = None
 
@@ -137,21 +141,33 @@ class CRMTJointTraining(MultiModalModule):
 
     # ----------------------------------------------------------------- switch
     def on_train_epoch_start(self) -> None:
-        if not self.in_step2 and self.current_epoch >= self.hparams.step1_epochs:
-            start = time.perf_counter()
-            self.score_cache, tau = self._collect_scores(self.trainer.train_dataloader, estimate_tau=True)
-            self.tau.copy_(tau)
-            self.phase.fill_(STEP2)
+        if not self.in_step2 and self.current_epoch >= self.hparams.step1_epochs:  # step1_epochs = 0
+            self._switch(last_step1_epoch=self.current_epoch - 1)
+        elif self.in_step2 and self.score_cache is None:  # resumed in step 2: the switch's scores again
+            loader = self.trainer.train_dataloader
+            _set_sampler_epoch(loader, int(self.scored_epoch))
+            self.score_cache, _ = self._collect_scores(loader, estimate_tau=False)
+            _set_sampler_epoch(loader, self.current_epoch)
             self.val_cache = self._collect_validation_scores()
-            self._start_selection()
-            rank_zero_info(
-                f"CRMT phase switch at epoch {self.current_epoch}: tau~ estimated and scores of "
-                f"{int(self.score_cache.present.sum())} training clips (and the validation clips') cached in "
-                f"{time.perf_counter() - start:.1f} s"
-            )
-        elif self.in_step2 and self.score_cache is None:
-            self.score_cache, _ = self._collect_scores(self.trainer.train_dataloader, estimate_tau=False)
-            self.val_cache = self._collect_validation_scores()
+
+    def _switch(self, last_step1_epoch: int) -> None:
+        """Estimate tau~, cache the training and validation scores, enter step 2 (method.md §3)."""
+        start = time.perf_counter()
+        self.score_cache, tau = self._collect_scores(self.trainer.train_dataloader, estimate_tau=True)
+        self.tau.copy_(tau)
+        self.scored_epoch.fill_(self.current_epoch)
+        self.phase.fill_(STEP2)
+        self.val_cache = self._collect_validation_scores()
+        self._start_selection(last_step1_epoch)
+        rank_zero_info(
+            f"CRMT phase switch after epoch {last_step1_epoch} (step 2 starts at epoch {last_step1_epoch + 1}): "
+            f"tau~ estimated and scores of {int(self.score_cache.present.sum())} training clips (and the "
+            f"validation clips') cached in {time.perf_counter() - start:.1f} s"
+        )
+
+    def checkpoint_milestone(self) -> str | None:
+        """``"phase-switch"`` at the end of the epoch that switched to step 2."""
+        return "phase-switch" if self.in_step2 and int(self.scored_epoch) == self.current_epoch else None
 
     @torch.no_grad()
     def _collect_scores(self, loader: Iterable[Batch | None], estimate_tau: bool) -> tuple[ScoreCache, torch.Tensor]:
@@ -206,13 +222,13 @@ class CRMTJointTraining(MultiModalModule):
         assert self.val_cache is not None
         return cached_certificate(self.val_cache, integration, self.head.bias.detach(), self.tau)
 
-    def _start_selection(self) -> None:
+    def _start_selection(self, last_step1_epoch: int) -> None:
         """The switch's a^(m) is the first candidate; its validation accuracy is the floor."""
         if self.val_cache is None:
             return
         accuracy, radius = self.validation_certificate(self.head.integration.detach())
         self.best_integration.copy_(self.head.integration.detach())
-        self.best_step2_epoch.fill_(self.current_epoch - 1)
+        self.best_step2_epoch.fill_(last_step1_epoch)
         self.switch_val_accuracy.fill_(accuracy)
         self.best_val_radius.fill_(radius)
 
@@ -263,9 +279,13 @@ class CRMTJointTraining(MultiModalModule):
         self.log("train/phase", self.phase.float())
         if self.in_step2:
             self._select_step2_epoch()
+            return
         scheduler = self.lr_schedulers()
-        if scheduler is not None and not self.in_step2:
+        if scheduler is not None:
             scheduler.step()
+        next_epoch = self.current_epoch + 1
+        if next_epoch >= self.hparams.step1_epochs and next_epoch < (self.trainer.max_epochs or next_epoch + 1):
+            self._switch(last_step1_epoch=self.current_epoch)
 
     def known_pair_lipschitz(self) -> torch.Tensor | None:
         """The pair Lipschitz table (M, K, K) from tau~ of the phase switch; ``None`` before step 2."""
