@@ -501,8 +501,8 @@ class ClipDataModule(MediaDataModule):
     (B, 3, num_frames, frame_size, frame_size) float32, and ``label``, ``index`` (B,) int64;
     ``input_shapes`` and ``pixel_normalization`` describe them to the model and the attacks.
     See :class:`ClipSettings` for the settings and :class:`MediaDataModule` for bad clips and
-    the cache. ``seed`` seeds the training loader's shuffling and its workers' frame sampling
-    (see :class:`ClipDataset`).
+    the cache. ``seed`` seeds the training order and the training samples' frame draws, with
+    the epoch (see :class:`EpochShuffle` and :class:`ClipDataset`).
     """
 
     def __init__(

@@ -44,9 +44,10 @@ class PrepareReport:
 
     def summary(self, limit: int = 20) -> str:
         """A few lines for people: the counts, then up to ``limit`` failed clips with reasons."""
+        replaced = f" ({len(self.corrupted)} of them to replace corrupted cache files)" if self.corrupted else ""
         lines = [
-            f"{self.total} clips: {self.already_cached} were cached already, {self.written} decoded now "
-            f"({len(self.corrupted)} of them to replace corrupted cache files), {len(self.failed)} failed"
+            f"{self.total} clips: {self.already_cached} were cached already, {self.written} decoded now{replaced}, "
+            f"{len(self.failed)} failed"
         ]
         for key, problem in sorted(self.corrupted.items())[:limit]:
             lines.append(f"  corrupted cache file of {key}: {problem}; decoded again")

@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import seed_everything
+
+from crmt.callbacks import RunCheckpoints
+from crmt.callbacks.checkpoints import find_last_checkpoint
+from crmt.strategies import JointTraining
+from helpers import TensorAVDataModule, make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -93,6 +99,12 @@ def test_crmt_jt_resumed_at_the_switch_in_step_2_and_after_sigterm_equals_the_un
     finished(process)
     assert f"resuming {folder / 'last.ckpt'}" in process.stdout, "--resume last found the interrupted run"
     assert_same_run(reference, interrupted)
+    assert list(interrupted.glob("crmt/*/checkpoints")) == [folder], "the resumed run writes into its own run folder"
+    torch.load(folder / "last.ckpt", weights_only=True)  # random states included, nothing needs unpickling
+
+    context = json.loads((reference / "report" / "metrics.json").read_text())["run"]
+    assert (context["seed"], context["world_size"], context["precision"], context["skipped_clips"]) == (0, 1, "32-true", [])
+    assert context["versions"]["torch"] == torch.__version__ and context["threads"] == torch.get_num_threads()
 
 
 @pytest.mark.parametrize(("experiment", "signum", "status"), [("jt", signal.SIGUSR1, 128 + signal.SIGUSR1),
@@ -116,3 +128,36 @@ def test_two_process_ddp_fit_resumed_at_the_switch_equals_the_uninterrupted_one(
     resumed = tmp_path / "resumed"
     finished(fit("crmt_jt", resumed, data, *ddp, f"--ckpt_path={reference / 'snapshots' / 'epoch1.ckpt'}"))
     assert_same_run(reference, resumed)
+
+
+def test_mid_epoch_checkpoints_are_written_on_time_and_atomically(tmp_path):
+    seed_everything(0)
+    data = TensorAVDataModule()
+    model = JointTraining(3, data.input_shapes, encoder_width=4)
+    checkpoints = RunCheckpoints(dirpath=str(tmp_path), mid_epoch_minutes=1e-9)  # due after every batch
+    saved_steps = []
+    checkpoints._save_checkpoint = lambda trainer, path, save=checkpoints._save_checkpoint: (
+        saved_steps.append((Path(path).name, trainer.global_step)), save(trainer, path))
+    make_trainer(1, tmp_path, [checkpoints]).fit(model, datamodule=data)
+    batches = len(data.train_dataloader())
+    assert saved_steps == [("last.ckpt", 0)] + [("mid-epoch.ckpt", step) for step in range(1, batches + 1)] + [
+        ("last.ckpt", batches)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last.ckpt", "mid-epoch.ckpt"], "no .partial left"
+    assert torch.load(tmp_path / "mid-epoch.ckpt", weights_only=True)["global_step"] == batches
+
+
+def test_resume_last_picks_the_newest_run_of_the_same_config_files(tmp_path):
+    def run(name: str, configs: list[str], age: int) -> Path:
+        folder = tmp_path / "crmt" / name / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"configs": configs}))
+        (folder / "last.ckpt").write_bytes(b"")
+        os.utime(folder / "last.ckpt", (age, age))
+        return folder / "last.ckpt"
+
+    run("old", ["experiments/crmt_at.yaml"], 1000)
+    newest = run("new", ["experiments/crmt_at.yaml"], 2000)
+    run("other", ["experiments/crmt_at.yaml", "experiments/data/embedded_misleading.yaml"], 3000)
+    assert find_last_checkpoint(tmp_path, ["experiments/crmt_at.yaml"]) == newest
+    with pytest.raises(FileNotFoundError, match="no run started with --config experiments/jt.yaml"):
+        find_last_checkpoint(tmp_path, ["experiments/jt.yaml"])

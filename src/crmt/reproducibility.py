@@ -27,7 +27,7 @@ def run_context(trainer: Trainer) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
         "python": platform.python_version(),
-        "versions": {name: _version(name) for name in _PACKAGES},
+        "versions": {**{name: _version(name) for name in _PACKAGES}, "torch": torch.__version__},
     }
 
 

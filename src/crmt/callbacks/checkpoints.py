@@ -91,8 +91,9 @@ class RunCheckpoints(ModelCheckpoint):
             self._save_named(trainer, MID_EPOCH)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # ModelCheckpoint itself writes last.ckpt only together with a top-k checkpoint, never with save_top_k=0
-        if not self._should_skip_saving_checkpoint(trainer):
+        # ModelCheckpoint itself writes last.ckpt only together with a top-k checkpoint, never with save_top_k=0;
+        # and always here, even right after a mid-epoch save: the epoch's end-of-epoch work changed the state
+        if not (trainer.fast_dev_run or trainer.sanity_checking):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         milestone = pl_module.checkpoint_milestone() if hasattr(pl_module, "checkpoint_milestone") else None
         if milestone is not None:

@@ -153,6 +153,7 @@ class CRMTJointTraining(MultiModalModule):
     def _switch(self, last_step1_epoch: int) -> None:
         """Estimate tau~, cache the training and validation scores, enter step 2 (method.md §3)."""
         start = time.perf_counter()
+        self._use_rank_zero_buffers()
         self.score_cache, tau = self._collect_scores(self.trainer.train_dataloader, estimate_tau=True)
         self.tau.copy_(tau)
         self.scored_epoch.fill_(self.current_epoch)
@@ -164,6 +165,17 @@ class CRMTJointTraining(MultiModalModule):
             f"tau~ estimated and scores of {int(self.score_cache.present.sum())} training clips (and the "
             f"validation clips') cached in {time.perf_counter() - start:.1f} s"
         )
+
+    def _use_rank_zero_buffers(self) -> None:
+        """Give every DDP rank rank 0's buffers (BatchNorm running statistics), the ones checkpoints hold.
+
+        Each rank updates its running statistics with its own batches, and DDP re-broadcasts rank
+        0's only at the next training forward; without this, ranks would score their shards at the
+        switch with different statistics, and a run resumed in step 2 would rebuild other scores.
+        """
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def checkpoint_milestone(self) -> str | None:
         """``"phase-switch"`` at the end of the epoch that switched to step 2."""
