@@ -178,17 +178,12 @@ class ClipSettings:
 class SkipLog:
     """The clips a :class:`ClipDataset` dropped while loading (``on_bad_clip="skip"``), from any
     DataLoader worker: one JSON line ``[path, reason]`` per drop, appended to a file that this
-    object (in the main process) reads and removes when it is garbage-collected."""
+    object (in the main process) reads and removes when it is garbage-collected. Workers' copies
+    append to the same file; they exit without running finalizers, so they remove nothing."""
 
     def __init__(self) -> None:
         self.path = Path(tempfile.gettempdir()) / f"crmt-skipped-{uuid.uuid4().hex}.jsonl"
         weakref.finalize(self, self.path.unlink, missing_ok=True)
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path}  # a worker's copy appends to the same file and never removes it
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.path = state["path"]
 
     def add(self, path: str, reason: str) -> None:
         with open(self.path, "a", encoding="utf-8") as log:

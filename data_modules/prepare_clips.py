@@ -88,12 +88,14 @@ def prepare_clips(
     clips = unique_clips(records)
     cache.create()
     cache.remove_partial_files()
-    corrupted = {}
-    for record in clips:
-        if cache.clip_file(record.key).is_file() and (problem := cache.verify(record.key)) is not None:
+    corrupted, pending = {}, []
+    for record in clips:  # one pass: a verified file is cached; a missing or corrupted one is decoded (again)
+        if not cache.clip_file(record.key).is_file():
+            pending.append(record)
+        elif (problem := cache.verify(record.key)) is not None:
             corrupted[record.key] = problem
             cache.remove(record.key)
-    pending = [record for record in clips if not cache.has(record.key)]
+            pending.append(record)
     report = PrepareReport(total=len(clips), already_cached=len(clips) - len(pending), corrupted=corrupted)
     paths = {record.key: str(record.path) for record in pending}
     failures = {key: reason for key, reason in cache.failures().items() if key in paths}

@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 from fake_media import SPEED, frames, tone, write_video, write_wav
-from lightning.pytorch import Trainer, seed_everything
+from helpers import make_trainer
+from lightning.pytorch import seed_everything
 
 from data_modules import (
     ClipDecodeError,
@@ -624,16 +625,7 @@ def test_broken_clips_are_reported_clip_by_clip_and_the_rest_trains(broken_ks, t
 
     seed_everything(0)
     model = JointTraining(num_classes=data.num_classes, input_shapes=data.input_shapes, encoder_width=4)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = make_trainer(1, tmp_path)
     trainer.fit(model, datamodule=data)
     assert trainer.state.finished and math.isfinite(trainer.callback_metrics["val/loss"].item())
 

@@ -61,9 +61,8 @@ class CRMTCLI(LightningCLI):
         logger = config.trainer.logger
         wandb = logger is not None and logger is not False and str(logger.class_path).endswith("WandbLogger")
         if config.resume == "last":
-            root = Path(logger.init_args.save_dir or config.trainer.default_root_dir or ".") if wandb else Path(
-                config.trainer.default_root_dir or "."
-            )
+            save_dir = logger.init_args.save_dir if wandb else None
+            root = Path(save_dir or config.trainer.default_root_dir or ".")
             checkpoint = find_last_checkpoint(root, self._config_files(config))
         else:
             checkpoint = Path(config.resume)

@@ -295,8 +295,9 @@ class CRMTJointTraining(MultiModalModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        next_epoch = self.current_epoch + 1
-        if next_epoch >= self.hparams.step1_epochs and next_epoch < (self.trainer.max_epochs or next_epoch + 1):
+        next_epoch, max_epochs = self.current_epoch + 1, self.trainer.max_epochs
+        training_ends = max_epochs is not None and max_epochs >= 0 and next_epoch >= max_epochs  # -1: no epoch limit
+        if next_epoch >= self.hparams.step1_epochs and not training_ends:
             self._switch(last_step1_epoch=self.current_epoch)
 
     def known_pair_lipschitz(self) -> torch.Tensor | None:
