@@ -17,9 +17,9 @@ class EmbeddedAVDataModule(ClipDataModule):
     :class:`EmbeddedDatasetSpec` (``dataset_seed`` is its seed); ``seed`` seeds the training
     loader only, so runs of several seeds train on the same clips and are tested on the same
     test split. The defaults are the paper's setting: both modalities show the clip's class,
-    each ambiguous between neighbouring classes, audio less so than vision, so vision is
-    informative but weaker
-    (``experiments/data/embedded_misleading.yaml`` is the variant where vision often shows
+    each ambiguous between neighbouring classes, audio less so than vision, so vision is meant
+    to be informative but weaker (measured, it is as strong as audio: README, "The embedded
+    dataset") (``experiments/data/embedded_misleading.yaml`` is the variant where vision often shows
     another class). Loading defaults suit CPU training on 1 s clips: ``audio_frames=100``
     covers the whole clip, and ``audio_mean`` / ``audio_std`` are the filterbank statistics
     of the default training split.

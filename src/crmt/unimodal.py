@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch import LightningDataModule, seed_everything
 from torch import nn
 
@@ -52,9 +53,11 @@ def train_unimodal(
     encoder = build_encoder(shape, width)
     model = nn.Sequential(encoder, nn.Linear(encoder.out_dim, data.num_classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
+    loader = data.train_dataloader()
+    for epoch in range(epochs):
+        _set_sampler_epoch(loader, epoch)  # as the Trainer does: each epoch its own order and frame draws
         model.train()
-        for batch in data.train_dataloader():
+        for batch in loader:
             loss = nn.functional.cross_entropy(model(batch[modality]), batch["label"])
             optimizer.zero_grad()
             loss.backward()
