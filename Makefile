@@ -11,7 +11,7 @@ SWEEP ?= crmt_rho
 SWEEP_ID ?=
 ARGS ?=
 PYTEST_ARGS ?=
-DATA ?= ks
+DATA ?=
 ROOT ?=
 WORKERS ?= 2
 SEEDS ?= 1
@@ -22,6 +22,8 @@ SEEDS ?= 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: EXP=<experiment name in experiments/> ARGS='<LightningCLI overrides>' PYTHON=python3"
+	@echo "             DATA=<data config in experiments/data/> (default: the embedded data; train, eval, validate, compare)"
+	@echo "             SCALE=<experiments/scale/ name> (default: paper for a real dataset, none for embedded* and manifest; SCALE= for none)"
 	@echo "             DATA=ks|vggsound|ucf101|cremad ROOT=<downloaded media folder> WORKERS=<decoding processes> (make prepare)"
 
 $(STAMP): pyproject.toml
@@ -32,15 +34,19 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create/update the virtual environment in .venv
 	@$(BIN)/python -c "import torch, torchaudio, lightning, av, wandb; print('torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| lightning', lightning.__version__, '| av', av.__version__, '| wandb', wandb.__version__)"
 
-train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test), e.g. make train EXP=crmt_jt ARGS="--trainer.max_epochs 3"; RESUME=last continues the newest run of EXP
-	$(BIN)/python -m crmt fit --config experiments/$(EXP).yaml $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+# The --config files of EXP on DATA (at SCALE), composed by src/crmt/experiments.py (as for make compare).
+CONFIGS = $(shell $(BIN)/python -m crmt.experiments $(EXP) $(if $(DATA),--data $(DATA)) $(if $(filter-out undefined default,$(origin SCALE)),--scale '$(SCALE)'))
+CONFIG_ERROR = $(error no configuration for EXP=$(EXP) $(if $(DATA),DATA=$(DATA)): see the message above)
 
-eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt CKPT=runs/crmt/<id>/checkpoints/last.ckpt
+train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test) on DATA, e.g. make train EXP=crmt_at DATA=ks ARGS="--trainer.max_epochs 3"; RESUME=last continues the newest run of the same configs
+	$(BIN)/python -m crmt fit $(or $(CONFIGS),$(CONFIG_ERROR)) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+
+eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt [DATA=...] CKPT=runs/crmt/<id>/checkpoints/last.ckpt
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint path>"; exit 2; }
-	$(BIN)/python -m crmt test --config experiments/$(EXP).yaml --ckpt_path $(CKPT) $(ARGS)
+	$(BIN)/python -m crmt test $(or $(CONFIGS),$(CONFIG_ERROR)) --ckpt_path $(CKPT) $(ARGS)
 
-compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 (+ experiments/data/<DATA>.yaml if DATA given): mean +/- std tables, bootstrap-judged orderings: make compare EXPS="jt crmt_jt crmt_at" SEEDS=3 DATA=embedded_misleading
-	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(ARGS),--args "$(ARGS)")
+compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 on DATA (default: embedded; a real dataset at the paper's scale): mean +/- std tables, bootstrap-judged orderings: make compare EXPS="jt crmt_jt crmt_at" SEEDS=3 DATA=embedded_misleading
+	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(DATA),--data $(DATA)) $(if $(ARGS),--args "$(ARGS)")
 
 sweep: $(STAMP) ## create the W&B sweep experiments/sweeps/$(SWEEP).yaml (needs `wandb login`)
 	$(BIN)/wandb sweep experiments/sweeps/$(SWEEP).yaml
@@ -49,10 +55,11 @@ agent: $(STAMP) ## run trials of a created sweep with this project's Python: mak
 	@test -n "$(SWEEP_ID)" || { echo "make agent needs SWEEP_ID=<entity/project/id> (printed by make sweep)"; exit 2; }
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/wandb agent $(SWEEP_ID)
 
-validate: $(STAMP) ## validate a checkpoint: make validate EXP=crmt_jt ARGS="--ckpt_path runs/.../last.ckpt"
-	$(BIN)/python -m crmt validate --config experiments/$(EXP).yaml $(ARGS)
+validate: $(STAMP) ## validate a checkpoint: make validate EXP=crmt_jt [DATA=...] ARGS="--ckpt_path runs/.../last.ckpt"
+	$(BIN)/python -m crmt validate $(or $(CONFIGS),$(CONFIG_ERROR)) $(ARGS)
 
 prepare: $(STAMP) ## decode a dataset once into its cache (resumable): make prepare DATA=ks ROOT=/data/ks/videos [ARGS="--set train_list=..."]
+	@test -n "$(DATA)" || { echo "make prepare needs DATA=ks|vggsound|ucf101|cremad (the data config experiments/data/<DATA>.yaml)"; exit 2; }
 	$(BIN)/python -m data_modules.prepare $(DATA) $(if $(ROOT),--root $(ROOT)) --workers $(WORKERS) $(ARGS)
 
 test: $(STAMP) ## run the test suite without the tests marked slow (includes one end-to-end CRMT fit and the DDP run)

@@ -27,12 +27,14 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
-from crmt.robustness.attacks import L2PGD, pixel_ranges_for, predict
-from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
-from crmt.robustness.report import write_report
 from crmt.cli import DEFAULTS_FILE as DEFAULTS
 from crmt.cli import main as crmt_main
+from crmt.models.protocol import MultiModalModel
+from crmt.robustness.attacks import L2PGD, PixelRanges, pixel_ranges_for, predict
+from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
+from crmt.robustness.report import write_report
 from data_modules import EmbeddedAVDataModule
 
 
@@ -41,10 +43,10 @@ def report_settings(config: Path) -> RobustnessSettings:
     callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
     report = next(c for c in callbacks if c["class_path"] == "crmt.callbacks.RobustnessReport")
     settings = report.get("init_args", {}).get("settings", {})
-    return RobustnessSettings(**{key: tuple(v) if isinstance(v, list) else v for key, v in settings.items()})
+    return RobustnessSettings.from_json(settings)
 
 
-def train(experiment: str, root: str):
+def train(experiment: str, root: str) -> MultiModalModel:
     """The model of ``experiments/<experiment>.yaml`` after its default training (no logger, no test)."""
     with tempfile.TemporaryDirectory() as folder:
         cli = crmt_main(
@@ -54,13 +56,13 @@ def train(experiment: str, root: str):
     return cli.model.eval()
 
 
-def pgd_pass(model, loader, ranges, eps: float) -> None:
+def pgd_pass(model: MultiModalModel, loader: DataLoader, ranges: PixelRanges, eps: float) -> None:
     for batch in loader:
         adversarial = L2PGD(eps)(model, model.inputs(batch), batch["label"], ranges)
         predict(model, adversarial)
 
 
-def report_pass(model, loader, ranges, settings: RobustnessSettings) -> None:
+def report_pass(model: MultiModalModel, loader: DataLoader, ranges: PixelRanges, settings: RobustnessSettings) -> None:
     evaluator = RobustnessEvaluator(model, settings, ranges)
     for batch in loader:
         evaluator.update(model.inputs(batch), batch["label"])

@@ -1,4 +1,4 @@
-"""Does a resumed fit equal the uninterrupted one? The resume table of README "Resuming a run".
+"""Does a resumed fit equal the uninterrupted one? The resume table of docs/running.md, "Resuming a run".
 
 For each experiment, one uninterrupted ``python -m crmt fit`` writes a snapshot checkpoint after
 every epoch (:class:`EpochSnapshots`, after the module's own epoch-end work, where Lightning's

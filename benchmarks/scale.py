@@ -11,7 +11,7 @@ round (also the memory reading), then ``--repeats`` rounds; a value is the media
    clock read. ``lightning_overhead = plain rate / Lightning rate``: 1.00 is no overhead (target <= 1.05).
 2. The same under bf16 autocast (``precision="bf16-mixed"`` / ``torch.autocast``):
    ``bf16_speedup = bf16 rate / fp32 rate``.
-3. tau~ estimation over N = ``--batches`` x batch clips with ``score_gradient_norms`` "loop" and
+3. tau~ estimation (``LipschitzEstimator.scores``) over N = ``--batches`` x batch clips, "loop" and
    "batched", against its lower limit (one forward plus K bare input-only backward passes per
    modality and batch): ``*_over_lower_limit = seconds / lower-limit seconds`` (1.00: at the limit);
    ``batched_max_rel_diff``: the largest |tau~ batched - tau~ loop| over the largest tau~.
@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 
 from crmt.losses import margin_regularizer
-from crmt.robustness.certificates import score_function
-from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms
+from crmt.robustness.certificates import LipschitzEstimator, score_function
+from crmt.robustness.lipschitz import GradientMethod
 from crmt.robustness.modes import eval_mode
 from crmt.strategies.base import PAPER_INPUT_SHAPES, Batch
 from crmt.strategies.crmt import CRMTJointTraining, ScoreCache, cached_runner_up_bound
@@ -172,20 +172,11 @@ def plain_step1(model: CRMTJointTraining, loader: list[Batch], warmup: int, bf16
 def estimate_tau(
     model: CRMTJointTraining, data: list[Batch], method: GradientMethod
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The phase switch's pass, fp32 in eval mode: cached scores (M, N, K) and tau~ (M, K)."""
-    device = data[0]["label"].device
-    with eval_mode(model.to(device)):
-        score_fns = [score_function(model, m) for m in range(len(model.modalities))]
-        tau = torch.zeros(len(score_fns), model.num_classes, device=device)
-        scores = []
-        for batch in data:
-            per_modality = []
-            for m, (score_fn, inputs) in enumerate(zip(score_fns, model.inputs(batch), strict=True)):
-                modality_scores, norms = score_gradient_norms(score_fn, inputs, method)
-                tau[m] = torch.maximum(tau[m], norms.max(dim=0).values)
-                per_modality.append(modality_scores)
-            scores.append(torch.stack(per_modality))
-    return torch.cat(scores, dim=1), tau
+    """The phase switch's pass (the project's one estimator), fp32 in eval mode: cached scores (M, N, K)
+    and tau~ (M, K)."""
+    estimator = LipschitzEstimator(model.to(data[0]["label"].device), method)
+    scores = [estimator.scores(model.inputs(batch)) for batch in data]
+    return torch.cat(scores, dim=1), estimator.class_lipschitz()
 
 
 def lower_limit(model: CRMTJointTraining, data: list[Batch]) -> None:

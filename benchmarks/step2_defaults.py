@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from crmt.strategies.crmt import STEP2, CRMTJointTraining, ScoreCache, cached_certificate, cached_runner_up_bound
+from crmt.strategies.crmt import CRMTJointTraining, ScoreCache, cached_certificate, cached_runner_up_bound
+from crmt.strategies.phases import STEP2
 from crmt.unimodal import load_data_module
 
 CANDIDATES: dict[str, partial] = {

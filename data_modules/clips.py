@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 import uuid
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import ClassVar, Final, Literal, Protocol, get_args
 
@@ -76,9 +77,15 @@ class ClipSettings:
     ``num_frames`` of the kept frames (one per segment: random for training, centred for
     evaluation; see :func:`sample_frame_indices`), optionally crops and flips them for training
     (``augment``, see :func:`crop_and_flip`), and normalises the filterbank as
-    ``(x - audio_mean) / (audio_std_factor * audio_std)``. The official CRMT / OGM-GE / AST
-    code divides by *twice* the AudioSet std (``audio_std_factor=2``); the real-dataset modules
-    default to that, because attacks and certified radii are measured on normalised inputs.
+    ``(x - audio_mean) / (audio_std_factor * audio_std)``.
+
+    The defaults are the paper's inputs, the one set of defaults of every audio-visual data module:
+    frames at 1 fps, 3 per clip (random per segment, cropped and flipped for training; centred for
+    evaluation), 224 x 224, ImageNet normalisation; a 128-bin Kaldi fbank (10 ms shift) padded / cut
+    to 1024 frames, normalised with the AudioSet mean -4.503877 and twice its std 5.141276, as the
+    official CRMT / OGM-GE / AST code divides by *twice* the std (``audio_std_factor=2``; attacks
+    and certified radii are measured on normalised inputs). In a configuration it is the data
+    module's nested ``clip`` argument (``data.init_args.clip.fps: 1.0``).
     """
 
     sample_rate: int = 16000
@@ -86,13 +93,13 @@ class ClipSettings:
     audio_frames: int = 1024
     audio_mean: float = -4.503877
     audio_std: float = 5.141276
-    audio_std_factor: float = 1.0
-    fps: float | None = None
+    audio_std_factor: float = 2.0
+    fps: float | None = 1.0
     num_frames: int = 3
     frame_size: int = 224
     visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    augment: bool = False
+    augment: bool = True
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "num_mel_bins", "audio_frames", "num_frames", "frame_size", "audio_std"):
@@ -364,6 +371,14 @@ class MediaDataModule(L.LightningDataModule):
         self.skip_log = SkipLog()
         self.datasets: dict[str, ClipDataset] = {}
 
+    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
+        """Lightning's (from the calling ``__init__``), with dataclass arguments such as ``clip`` kept as
+        plain dicts in :attr:`hparams`, so that checkpoints still load with ``weights_only=True``."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        for name, value in self.hparams.items():
+            if is_dataclass(value):
+                self.hparams[name] = asdict(value)
+
     @property
     def skipped_clips(self) -> list[tuple[str, str]]:
         """Every clip dropped so far with ``on_bad_clip="skip"``, as (path, reason): those found unusable
@@ -495,50 +510,25 @@ class ClipDataModule(MediaDataModule):
     Batches are dicts with ``audio`` (B, 1, num_mel_bins, audio_frames), ``visual``
     (B, 3, num_frames, frame_size, frame_size) float32, and ``label``, ``index`` (B,) int64;
     ``input_shapes`` and ``pixel_normalization`` describe them to the model and the attacks.
-    See :class:`ClipSettings` for the settings and :class:`MediaDataModule` for bad clips and
-    the cache. ``seed`` seeds the training order and the training samples' frame draws, with
-    the epoch (see :class:`EpochShuffle` and :class:`ClipDataset`).
+    ``clip`` (a :class:`ClipSettings`, the paper's inputs by default) says how clips become inputs;
+    see :class:`MediaDataModule` for bad clips and the cache. ``seed`` seeds the training order and
+    the training samples' frame draws, with the epoch (see :class:`EpochShuffle` and :class:`ClipDataset`).
     """
 
     def __init__(
         self,
         manifest: str,
         num_classes: int,
+        clip: ClipSettings = ClipSettings(),
         batch_size: int = 16,
         num_workers: int = 2,
-        sample_rate: int = 16000,
-        num_mel_bins: int = 128,
-        audio_frames: int = 1024,
-        audio_mean: float = -4.503877,
-        audio_std: float = 5.141276,
-        num_frames: int = 3,
-        frame_size: int = 224,
-        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        on_bad_clip: Literal["raise", "skip"] = "raise",
+        on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
-        audio_std_factor: float = 1.0,
-        fps: float | None = None,
-        augment: bool = False,
         cache_dir: str | None = None,
     ) -> None:
-        settings = ClipSettings(
-            sample_rate=sample_rate,
-            num_mel_bins=num_mel_bins,
-            audio_frames=audio_frames,
-            audio_mean=audio_mean,
-            audio_std=audio_std,
-            audio_std_factor=audio_std_factor,
-            fps=fps,
-            num_frames=num_frames,
-            frame_size=frame_size,
-            visual_mean=tuple(visual_mean),
-            visual_std=tuple(visual_std),
-            augment=augment,
-        )
         super().__init__(
             num_classes=num_classes,
-            settings=settings,
+            settings=clip,
             batch_size=batch_size,
             num_workers=num_workers,
             on_bad_clip=on_bad_clip,

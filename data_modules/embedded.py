@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from data_modules.clips import ClipDataModule
+from data_modules.clips import BadClipPolicy, ClipDataModule, ClipSettings
 from data_modules.synthetic import AUDIO_JITTER, MANIFEST_NAME, VISUAL_JITTER, EmbeddedDatasetSpec, generate_embedded_dataset
+
+EMBEDDED_CLIP = ClipSettings(
+    audio_frames=100, audio_mean=-1.97, audio_std=3.62, audio_std_factor=1.0, fps=None, frame_size=48, augment=False
+)
+"""How the embedded clips become inputs: the whole 1 s clip (100 fbank frames, every one of its
+frames kept), 48 x 48 frames as generated, the filterbank statistics of the default training split,
+no augmentation."""
 
 
 class EmbeddedAVDataModule(ClipDataModule):
@@ -14,15 +20,14 @@ class EmbeddedAVDataModule(ClipDataModule):
 
     ``prepare_data`` writes the clips and ``manifest.csv`` under ``root`` unless ``root``
     already holds a complete dataset of the same spec. The generator settings are those of
-    :class:`EmbeddedDatasetSpec` (``dataset_seed`` is its seed); ``seed`` seeds the training
-    loader only, so runs of several seeds train on the same clips and are tested on the same
-    test split. The defaults are the paper's setting: both modalities show the clip's class,
-    each ambiguous between neighbouring classes, audio less so than vision, so vision is meant
-    to be informative but weaker (measured, it is as strong as audio: README, "The embedded
-    dataset") (``experiments/data/embedded_misleading.yaml`` is the variant where vision often shows
-    another class). Loading defaults suit CPU training on 1 s clips: ``audio_frames=100``
-    covers the whole clip, and ``audio_mean`` / ``audio_std`` are the filterbank statistics
-    of the default training split.
+    :class:`EmbeddedDatasetSpec` (``dataset_seed`` is its seed; ``fps`` is the frame rate the clips
+    are written at); ``seed`` seeds the training loader only, so runs of several seeds train on the
+    same clips and are tested on the same test split. The defaults are the paper's setting: both
+    modalities show the clip's class, each ambiguous between neighbouring classes, audio less so
+    than vision, so vision is meant to be informative but weaker (measured, it is as strong as
+    audio: docs/datasets.md, "The embedded dataset") (``experiments/data/embedded_misleading.yaml`` is the
+    variant where vision often shows another class). ``clip`` defaults to :data:`EMBEDDED_CLIP`,
+    which suits CPU training on these 1 s clips.
     """
 
     def __init__(
@@ -44,18 +49,10 @@ class EmbeddedAVDataModule(ClipDataModule):
         visual_jitter: float = VISUAL_JITTER,
         audio_confusion: float = 0.0,
         visual_confusion: float = 0.0,
+        clip: ClipSettings = EMBEDDED_CLIP,
         batch_size: int = 16,
         num_workers: int = 2,
-        sample_rate: int = 16000,
-        num_mel_bins: int = 128,
-        audio_frames: int = 100,
-        audio_mean: float = -1.97,
-        audio_std: float = 3.62,
-        num_frames: int = 3,
-        frame_size: int = 48,
-        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        on_bad_clip: Literal["raise", "skip"] = "raise",
+        on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:
         self.root = Path(root)
@@ -80,17 +77,9 @@ class EmbeddedAVDataModule(ClipDataModule):
         super().__init__(
             manifest=str(self.root / MANIFEST_NAME),
             num_classes=num_classes,
+            clip=clip,
             batch_size=batch_size,
             num_workers=num_workers,
-            sample_rate=sample_rate,
-            num_mel_bins=num_mel_bins,
-            audio_frames=audio_frames,
-            audio_mean=audio_mean,
-            audio_std=audio_std,
-            num_frames=num_frames,
-            frame_size=frame_size,
-            visual_mean=visual_mean,
-            visual_std=visual_std,
             on_bad_clip=on_bad_clip,
             seed=seed,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from data_modules.clips import BadClipPolicy, ClipPipeline, ClipSettings, MediaDataModule
 from data_modules.manifest import ClipRecord
@@ -94,12 +93,9 @@ class SplitListDataModule(MediaDataModule):
 class AudioVisualSplitListDataModule(SplitListDataModule):
     """The common constructor of the audio + vision datasets (Kinetics-Sounds, VGGSound, CREMA-D).
 
-    Defaults are the paper's inputs: frames at 1 fps, 3 per clip (random per segment, cropped and
-    flipped for training; centred for evaluation), 224 x 224, ImageNet normalisation; a 128-bin
-    Kaldi fbank (10 ms shift) padded / cut to 1024 frames, normalised with mean -4.503877 and
-    ``audio_std_factor * audio_std`` = 2 x 5.141276, as the official code divides by twice the
-    std. See :class:`~data_modules.clips.ClipSettings`. Subclasses give ``num_classes`` and
-    their own split and media arguments, and pass the rest through ``**kwargs``.
+    ``clip`` says how a clip becomes inputs; its defaults are the paper's (see
+    :class:`~data_modules.clips.ClipSettings`). Subclasses give ``num_classes`` and their own split
+    and media arguments, and pass the rest through ``**kwargs``.
     """
 
     def __init__(
@@ -107,43 +103,18 @@ class AudioVisualSplitListDataModule(SplitListDataModule):
         *,
         root: str,
         num_classes: int,
+        clip: ClipSettings = ClipSettings(),
         val_fraction: float = 0.0,
         cache_dir: str | None = "data/cache",
         batch_size: int = 64,
         num_workers: int = 4,
-        sample_rate: int = 16000,
-        num_mel_bins: int = 128,
-        audio_frames: int = 1024,
-        audio_mean: float = -4.503877,
-        audio_std: float = 5.141276,
-        audio_std_factor: float = 2.0,
-        fps: float | None = 1.0,
-        num_frames: int = 3,
-        frame_size: int = 224,
-        visual_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        visual_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        augment: bool = True,
-        on_bad_clip: Literal["raise", "skip"] = "raise",
+        on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:
-        settings = ClipSettings(
-            sample_rate=sample_rate,
-            num_mel_bins=num_mel_bins,
-            audio_frames=audio_frames,
-            audio_mean=audio_mean,
-            audio_std=audio_std,
-            audio_std_factor=audio_std_factor,
-            fps=fps,
-            num_frames=num_frames,
-            frame_size=frame_size,
-            visual_mean=tuple(visual_mean),  # YAML gives lists
-            visual_std=tuple(visual_std),
-            augment=augment,
-        )
         super().__init__(
             root=root,
             num_classes=num_classes,
-            settings=settings,
+            settings=clip,
             val_fraction=val_fraction,
             batch_size=batch_size,
             num_workers=num_workers,

@@ -35,7 +35,8 @@ from data_modules.encoding import write_mp4
 from data_modules.manifest import SPLITS
 
 VISUAL_JITTER: Final = 0.7
-"""Default ``visual_jitter``: the design target is a visual-only accuracy of about 0.7 (README, embedded dataset)."""
+"""Default ``visual_jitter``: the design target is a visual-only accuracy of about 0.7
+(docs/datasets.md, "The embedded dataset")."""
 AUDIO_JITTER: Final = 0.55
 """Default ``audio_jitter``: the design target is an audio-only accuracy of about 0.9."""
 GENERATOR_VERSION: Final = 1

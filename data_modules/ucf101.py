@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from data_modules.flow import FLOW_BOUND, FLOW_MEAN, FLOW_STD
-from data_modules.rgb_flow import IMAGENET_MEAN, IMAGENET_STD, RgbFlowSettings
+from data_modules.clips import BadClipPolicy
+from data_modules.rgb_flow import RgbFlowSettings
 from data_modules.split_lists import SplitListDataModule
 from data_modules.splits import SplitEntry, read_ucf101_classes, read_ucf101_split
 
@@ -18,9 +16,9 @@ class UCF101DataModule(SplitListDataModule):
     Batches: ``rgb`` (B, 3, num_frames, S, S) and ``flow`` (B, 2, num_frames, S, S) float32
     (S = ``frame_size``), ``label`` and ``index`` (B,) int64. Frames are kept at ``fps`` (a
     UCF101 clip of 7 s gives 7); each has the Farneback flow to the next video frame, clipped to
-    +-15 px and mapped to [0, 1] (see :mod:`data_modules.flow`). The transform is
-    :class:`~data_modules.rgb_flow.RgbFlowSettings`; bad clips, the cache and validation work as
-    in :class:`~data_modules.split_lists.SplitListDataModule`.
+    +-15 px and mapped to [0, 1] (see :mod:`data_modules.flow`). ``clip`` says how a video becomes
+    inputs (:class:`~data_modules.rgb_flow.RgbFlowSettings`, the paper's by default); bad clips, the
+    cache and validation work as in :class:`~data_modules.split_lists.SplitListDataModule`.
     """
 
     dataset_name = "ucf101"
@@ -30,40 +28,21 @@ class UCF101DataModule(SplitListDataModule):
         root: str,
         splits_dir: str,
         split: int = 1,
+        clip: RgbFlowSettings = RgbFlowSettings(),
         val_fraction: float = 0.0,
         cache_dir: str | None = "data/cache",
         batch_size: int = 64,
         num_workers: int = 4,
-        fps: float | None = 1.0,
-        num_frames: int = 3,
-        frame_size: int = 224,
-        rgb_mean: tuple[float, float, float] = IMAGENET_MEAN,
-        rgb_std: tuple[float, float, float] = IMAGENET_STD,
-        flow_mean: tuple[float, float] = FLOW_MEAN,
-        flow_std: tuple[float, float] = FLOW_STD,
-        flow_bound: float = FLOW_BOUND,
-        augment: bool = True,
-        on_bad_clip: Literal["raise", "skip"] = "raise",
+        on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:
         if split not in (1, 2, 3):
             raise ValueError(f"UCF101 split must be 1, 2 or 3, got {split}")
         self.classes = read_ucf101_classes(splits_dir)
-        settings = RgbFlowSettings(
-            fps=fps,
-            num_frames=num_frames,
-            frame_size=frame_size,
-            rgb_mean=tuple(rgb_mean),
-            rgb_std=tuple(rgb_std),
-            flow_mean=tuple(flow_mean),
-            flow_std=tuple(flow_std),
-            flow_bound=flow_bound,
-            augment=augment,
-        )
         super().__init__(
             root=root,
             num_classes=len(self.classes),
-            settings=settings,
+            settings=clip,
             val_fraction=val_fraction,
             batch_size=batch_size,
             num_workers=num_workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -96,3 +97,60 @@ class SignalAt(Callback):
         epoch, batch_index, signum = (int(part) for part in os.environ["CRMT_TEST_SIGNAL"].split(":"))
         if trainer.current_epoch == epoch and batch_idx == batch_index:
             os.kill(os.getpid(), signum)
+
+
+class StateAtValidationEnd(Callback):
+    """A copy of the module's state dict at the end of the latest validation epoch: the weights its logged
+    validation metrics were computed with (CRMT's step-2 selection may change a^(m) afterwards)."""
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.state = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
+
+
+@torch.no_grad()
+def forward_accuracy(model: LightningModule, loader: DataLoader) -> float:
+    """Fraction of the loader's samples whose largest eval-mode logit is the label."""
+    model.eval()
+    correct = [model(model.inputs(batch)).logits.argmax(dim=1) == batch["label"] for batch in loader]
+    return torch.cat(correct).float().mean().item()
+
+
+def fused_logits_by_hand(scores: list[list[float]], integration: list[list[float]], bias: list[float]) -> list[float]:
+    """h_k = sum_m a_k^(m) s_k^(m) + b_k for one sample; scores and integration are [m][k] lists."""
+    return [sum(a[k] * s[k] for a, s in zip(integration, scores, strict=True)) + b for k, b in enumerate(bias)]
+
+
+def orthogonal_radius_by_hand(
+    scores: list[list[float]], integration: list[list[float]], bias: list[float], tau: list[list[float]], label: int
+) -> float:
+    """Theorem 3.5 for one sample with plain arithmetic: 0 if misclassified, else
+    min_{j != y} (h_y - h_j) / sqrt(sum_m (|a_y^(m)| tau_y^(m) + |a_j^(m)| tau_j^(m))^2);
+    scores, integration and tau are [m][k] lists."""
+    logits = fused_logits_by_hand(scores, integration, bias)
+    classes = range(len(bias))
+    if max(classes, key=lambda k: logits[k]) != label:
+        return 0.0
+    bounds = []
+    for j in classes:
+        if j != label:
+            pair = [abs(a[label]) * t[label] + abs(a[j]) * t[j] for a, t in zip(integration, tau, strict=True)]
+            bounds.append((logits[label] - logits[j]) / math.sqrt(sum(value * value for value in pair)))
+    return min(bounds)
+
+
+@torch.no_grad()
+def orthogonal_validation_by_hand(model: LightningModule, loader: DataLoader) -> tuple[float, float]:
+    """(accuracy, mean certified radius) of an orthogonal-head model on ``loader``, every sample scored
+    by s^(m) = W~^(m) phi^(m)(x^(m)) and certified by :func:`orthogonal_radius_by_hand` with ``model.tau``."""
+    model.eval()
+    weights = model.head.modality_weights()
+    integration, bias, tau = model.head.integration.tolist(), model.head.bias.tolist(), model.tau.tolist()
+    correct, radii = [], []
+    for batch in loader:
+        scores = [model.encode_modality(m, x) @ weights[m].T for m, x in enumerate(model.inputs(batch))]
+        for i, label in enumerate(batch["label"].tolist()):
+            sample = [s[i].tolist() for s in scores]
+            logits = fused_logits_by_hand(sample, integration, bias)
+            correct.append(max(range(len(bias)), key=lambda k: logits[k]) == label)
+            radii.append(orthogonal_radius_by_hand(sample, integration, bias, tau, label))
+    return sum(correct) / len(correct), sum(radii) / len(radii)

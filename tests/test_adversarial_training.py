@@ -95,4 +95,4 @@ def test_crmt_step2_ablation_trains_ce_only_then_changes_only_integration_weight
     model = cli.model
     assert model.hparams.rho == 0.0 and int(model.phase) == 2
     changed = [name for name, value in model.state_dict().items() if not torch.equal(value, recorder.state[name])]
-    assert sorted(changed) == ["head.integration", "phase", "scored_epoch", "tau"], changed
+    assert sorted(changed) == ["head.integration", "phase", "switch_epoch", "tau"], changed

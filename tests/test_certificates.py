@@ -1,7 +1,9 @@
-"""Model-level certificates: the Lipschitz estimator, eta of the JT head, sound bounds, the audit."""
+"""Model-level certificates: the Lipschitz estimator, eta of the JT head, sound bounds, the audit;
+the evaluation's typed results (threats, eta ratios of any pair, metrics.json round trip)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,12 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crmt.models.layer_bounds import conv_operator_norm_bound
 from crmt.robustness.attacks import L2PGD, ascent_direction, clean_pass, missing_modality, predict
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
 from crmt.robustness.certify import certified_radius, unimodal_radius
-from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
-from crmt.robustness.sound import conv_operator_norm_bound, encoder_lipschitz_upper_bound
+from crmt.robustness.evaluation import CertifiedRadii, RobustnessEvaluator, RobustnessResults, RobustnessSettings
+from crmt.robustness.report import write_report
+from crmt.robustness.results import AccuracyCurves, RobustnessMetrics
+from crmt.robustness.threats import Scope, Threat
 from crmt.strategies import CRMTJointTraining, JointTraining
 from helpers import validation_batch
 
@@ -172,7 +177,7 @@ def test_conv_bound_is_exact_for_circular_and_never_below_zero_padded_convolutio
 
 def test_sound_encoder_bound_is_above_every_observed_gradient(trained_jt, data):
     encoder = trained_jt.encoders["audio"]
-    bound = encoder_lipschitz_upper_bound(encoder, data.input_shapes["audio"])
+    bound = encoder.lipschitz_upper_bound(data.input_shapes["audio"])
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(16, *data.input_shapes["audio"], generator=generator).requires_grad_(True)
     directions = F.normalize(torch.randn(16, encoder.out_dim, generator=generator), dim=1)
@@ -212,51 +217,77 @@ def test_ascent_direction_is_the_rescaled_cross_entropy_gradient_and_never_vanis
     assert (ascent_direction(huge, torch.tensor([0])).abs().sum() > 0).item()
 
 
+VISUAL, AUDIO = Scope(("visual",)), Scope(("audio",))
+BOTH = Scope(("visual", "audio"))
+
+
 def test_curves_continue_on_both_sides_of_the_table_budget_and_missing_matches_a_plain_forward(trained_jt, data):
     inputs, labels = validation_batch(data)
     settings = RobustnessSettings(curve_radii=(0.25, 0.5, 1.0, 2.0, 4.0), audit_samples=0, certify=False)
     evaluator = RobustnessEvaluator(trained_jt, settings)
     evaluator.update(inputs, labels)
     results = evaluator.finalize()
-    records = results.records
-    for key, table in (("multimodal", "pgd"), ("visual", "pgd_visual"), ("audio", "pgd_audio")):
-        curve = records[f"curve_{key}"]
+    clean = results.correct[Threat("clean")]
+    for scope, budget in ((BOTH, settings.multimodal_eps), (VISUAL, settings.unimodal_eps), (AUDIO, settings.unimodal_eps)):
+        curve = results.curves[scope]
         assert curve.shape == (labels.shape[0], 5)
-        assert not (curve & ~records["clean"][:, None]).any(), "only clean-correct samples can withstand an attack"
+        assert not (curve & ~clean[:, None]).any(), "only clean-correct samples can withstand an attack"
         assert not (curve[:, 1:] & ~curve[:, :-1]).any(), "a sample broken at one radius is broken at every larger one"
-        budget = settings.multimodal_eps if key == "multimodal" else settings.unimodal_eps
-        assert torch.equal(curve[:, settings.curve_radii.index(budget)], records[table]), "the table's attack is reused"
-    assert results.curves()["audio"][-1] < results.curves()["audio"][0], "the largest radius breaks some samples"
+        table = results.correct[Threat("pgd", scope.modalities, budget)]
+        assert torch.equal(curve[:, settings.curve_radii.index(budget)], table), "the table's attack is reused"
+    audio = results.metrics().curves.accuracy[AUDIO]
+    assert audio[-1] < audio[0], "the largest radius breaks some samples"
     for m, name in enumerate(trained_jt.modalities):
-        expected = (predict(trained_jt, missing_modality(inputs, m)) == labels) & records["clean"]
-        assert torch.equal(records[f"missing_{name}"], expected)
+        expected = (predict(trained_jt, missing_modality(inputs, m)) == labels) & clean
+        assert torch.equal(results.correct[Threat("missing", (name,))], expected)
 
 
-def test_evaluation_reports_an_audit_rate_in_unit_interval_and_every_table_column(trained_jt, data):
+def plain_radii(logits: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> tuple[list[float], list[list[float]]]:
+    """Proposition 3.4 with Python floats: per sample, min_j margin_j / sqrt(sum_m L[m, y, j]^2) and,
+    per modality m, min_j margin_j / L[m, y, j]; 0 for a misclassified sample."""
+    rows, table = logits.tolist(), table.tolist()
+    multimodal, unimodal = [], [[] for _ in table]
+    for row, y in zip(rows, labels.tolist()):
+        others = [j for j in range(len(row)) if j != y]
+        correct = all(row[y] > row[j] for j in others)
+        multimodal.append(min((row[y] - row[j]) / math.sqrt(sum(t[y][j] ** 2 for t in table)) for j in others) if correct else 0.0)
+        for m, t in enumerate(table):
+            unimodal[m].append(min((row[y] - row[j]) / t[y][j] for j in others) if correct else 0.0)
+    return multimodal, unimodal
+
+
+def test_evaluation_radii_audit_and_certified_accuracy_equal_a_plain_recomputation(trained_jt, data):
     inputs, labels = validation_batch(data)
-    evaluator = RobustnessEvaluator(trained_jt, RobustnessSettings(curve_radii=(0.5, 1.0), audit_samples=16))
+    settings = RobustnessSettings(curve_radii=(0.5, 1.0), audit_samples=16)
+    evaluator = RobustnessEvaluator(trained_jt, settings)
     evaluator.update(inputs, labels)
     results = evaluator.finalize()
     metrics = results.metrics()
-    assert 0.0 <= metrics["audit"]["violation_rate"] <= 1.0 and metrics["audit"]["attacked"] == 16
-    assert set(metrics["accuracy"]) == {
+    assert [threat.key for threat in metrics.accuracy] == [
         "clean", "fgm", "pgd", "fgm_visual", "pgd_visual", "fgm_audio", "pgd_audio", "missing_visual", "missing_audio"
-    }
-    clean = metrics["accuracy"]["clean"]
-    assert metrics["accuracy"]["pgd"] <= metrics["accuracy"]["fgm"] <= clean
-    assert metrics["curves"]["radii"] == [0.0, 0.5, 1.0] and metrics["curves"]["audio"][0] == clean
-    assert metrics["curves"]["multimodal"][1] == metrics["accuracy"]["pgd"], "the table's budget is reused"
-    assert metrics["curves"]["multimodal"][2] <= metrics["curves"]["multimodal"][1]
-    radius = results.records["radius"]
-    assert (radius[~results.records["clean"]] == 0).all() and (radius[results.records["clean"]] >= 0).all()
-    for m in results.modalities:  # a uni-modal certificate is never smaller than the multi-modal one
-        assert (results.records[f"radius_{m}"] >= radius - 1e-6).all()
-    assert metrics["certified"]["multimodal"]["certified_accuracy"][0] == pytest.approx(clean)
+    ]
+    clean = metrics.accuracy[Threat("clean")]
+    pgd = metrics.accuracy[Threat("pgd", BOTH.modalities, 0.5)]
+    assert pgd <= metrics.accuracy[Threat("fgm", BOTH.modalities, 0.5)]
+    assert metrics.curves.radii == [0.0, 0.5, 1.0] and metrics.curves.accuracy[AUDIO][0] == clean
+    assert metrics.curves.multimodal[1] == pgd, "the table's budget is reused"
+
+    logits = predict_logits(trained_jt, inputs)
+    multimodal, unimodal = plain_radii(logits, labels, results.certified.pair_lipschitz)
+    torch.testing.assert_close(results.certified.multimodal, torch.tensor(multimodal), rtol=1e-5, atol=1e-6)
+    for m, scope in enumerate((VISUAL, AUDIO)):
+        torch.testing.assert_close(results.certified.radii[scope], torch.tensor(unimodal[m]), rtol=1e-5, atol=1e-6)
+    grid = settings.radius_grid
+    expected = [sum(r >= threshold for r in multimodal) / len(multimodal) for threshold in grid]
+    assert metrics.certified.multimodal.certified_accuracy == pytest.approx(expected)
+    assert metrics.certified.multimodal.mean == pytest.approx(sum(multimodal) / len(multimodal), rel=1e-5)
+    assert metrics.audit.attacked == 16
+    assert metrics.audit.eligible == sum(r > 0 for r in multimodal[:16]), "the audit attacks the first 16 certified samples"
 
 
 def test_crmt_radii_use_the_common_protocol_and_its_own_tau_beside_it(trained_crmt, data):
-    """Every model's ``radius`` comes from the Lipschitz table estimated over the evaluated samples
-    (comparable across strategies); CRMT's training-set tau~ gives ``model_radius`` beside it."""
+    """Every model's ``certified`` radii come from the Lipschitz table estimated over the evaluated
+    samples (comparable across strategies); CRMT's training-set tau~ gives ``certified_model`` beside it."""
     inputs, labels = validation_batch(data)
     index = torch.arange(100, 100 + labels.shape[0])
     evaluator = RobustnessEvaluator(trained_crmt, RobustnessSettings(curve_radii=(), audit_samples=0, sound_certificate=False))
@@ -268,21 +299,112 @@ def test_crmt_radii_use_the_common_protocol_and_its_own_tau_beside_it(trained_cr
     logits = predict_logits(trained_crmt, inputs)
     expected = certified_radius(logits, labels, estimator.pair_lipschitz())
     own = certified_radius(logits, labels, trained_crmt.known_pair_lipschitz())
-    assert torch.allclose(results.records["radius"], expected, atol=1e-5)
-    assert torch.allclose(results.records["model_radius"], own, atol=1e-5)
+    assert torch.allclose(results.certified.multimodal, expected, atol=1e-5)
+    assert torch.allclose(results.certified_model.multimodal, own, atol=1e-5)
     assert not torch.allclose(expected, own), "the two populations give different constants"
     metrics = results.metrics()
-    assert metrics["certified"]["multimodal"]["mean"] == pytest.approx(expected.mean().item(), rel=1e-5)
-    assert metrics["certified_model"]["multimodal"]["mean"] == pytest.approx(own.mean().item(), rel=1e-5)
-    assert "training set" in metrics["certified_model"]["lipschitz"]
+    assert metrics.certified.multimodal.mean == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert metrics.certified_model.multimodal.mean == pytest.approx(own.mean().item(), rel=1e-5)
+    assert "training set" in metrics.certified_model.lipschitz
 
     per_sample = results.per_sample()
     assert per_sample["index"] == index.tolist() and per_sample["label"] == labels.tolist()
     assert per_sample["correct"]["clean"] == (logits.argmax(dim=1) == labels).int().tolist()
-    for key, value in metrics["accuracy"].items():
-        assert sum(per_sample["correct"][key]) / len(labels) == pytest.approx(value)
+    assert per_sample["radius"] == pytest.approx(expected.tolist(), abs=1e-5)
+    for threat, value in metrics.accuracy.items():
+        assert sum(per_sample["correct"][threat.key]) / len(labels) == pytest.approx(value)
 
 
 def predict_logits(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(inputs).logits
+
+
+# --- typed results ------------------------------------------------------------------------------------------------------
+
+MODALITIES3 = ["visual", "audio", "text"]
+
+
+def test_threat_keys_and_titles_name_the_table_columns_of_any_modalities():
+    threats = RobustnessSettings(multimodal_eps=0.25, unimodal_eps=2.0).threats(MODALITIES3)
+    assert [t.key for t in threats] == [
+        "clean", "fgm", "pgd", "fgm_visual", "pgd_visual", "fgm_audio", "pgd_audio", "fgm_text", "pgd_text",
+        "missing_visual", "missing_audio", "missing_text",
+    ]
+    assert [t.title for t in threats[:5]] == ["Clean", "FGM", "PGD-l2", "FGM visual", "PGD-l2 visual"]
+    assert threats[-1].title == "missing text"
+    assert threats[2] == Threat("pgd", ("visual", "audio", "text"), 0.25) and threats[4].budget == 2.0
+    assert all(Threat.from_json(json.loads(json.dumps(t.to_json()))) == t for t in threats)
+    with pytest.raises(ValueError, match="expected 'pgd_audio'"):
+        Threat.from_json({"key": "pgd_visual", "kind": "pgd", "attacked": ["audio"], "budget": 1.0})
+    for kind, attacked, budget in (("clean", ("audio",), None), ("pgd", ("audio",), None), ("missing", (), None),
+                                   ("fgm", ("audio",), -1.0), ("blur", ("audio",), 1.0)):
+        with pytest.raises(ValueError):
+            Threat(kind, attacked, budget)
+    assert [s.key for s in Scope.every(MODALITIES3)] == ["multimodal", "visual", "audio", "text"]
+    assert [s.suffix for s in Scope.every(MODALITIES3)] == ["", "_visual", "_audio", "_text"]
+
+
+def results_with_table(table: torch.Tensor, modalities: list[str]) -> RobustnessResults:
+    """Results of 4 samples certified with a hand-built pair Lipschitz ``table`` (M, K, K)."""
+    settings = RobustnessSettings(curve_radii=(1.0,))
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.5], [1.0, 0.0, 4.0], [2.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 1, 2, 1])
+    correct = {threat: logits.argmax(dim=1) == labels for threat in settings.threats(modalities)}
+    curves = {scope: (logits.argmax(dim=1) == labels)[:, None] for scope in Scope.every(modalities)}
+    certified = CertifiedRadii.of("hand-built", table, logits, labels, modalities)
+    return RobustnessResults(modalities, settings, labels, logits, correct, curves, certified=certified)
+
+
+def test_eta_ratio_of_any_ordered_pair_equals_the_hand_built_table():
+    # L[m, y, j] = (m + 1) * (y + 2 j + 1): every off-diagonal ratio is known in closed form
+    table = torch.tensor([[[(m + 1.0) * (y + 2 * j + 1) for j in range(3)] for y in range(3)] for m in range(3)])
+    results = results_with_table(table, MODALITIES3)
+    for top in range(3):
+        for bottom in range(3):
+            if top == bottom:
+                continue
+            for numerator, denominator in ((top, bottom), (MODALITIES3[top], MODALITIES3[bottom])):
+                ratio = results.eta_ratio(numerator, denominator)
+                for y in range(3):
+                    for j in range(3):
+                        if y == j:
+                            assert math.isnan(ratio[y, j])
+                        else:
+                            assert ratio[y, j].item() == pytest.approx((top + 1) / (bottom + 1), rel=1e-6)
+    with pytest.raises(ValueError, match="two different modalities"):
+        results.eta_ratio("audio", 1)
+    with pytest.raises(ValueError, match="unknown modality"):
+        results.eta_ratio("depth", "audio")
+
+    pair = torch.tensor([[[1.0, 2.0, 4.0], [8.0, 1.0, 0.5], [3.0, 6.0, 1.0]], [[1.0, 4.0, 1.0], [2.0, 1.0, 2.0], [6.0, 1.5, 1.0]]])
+    metrics = results_with_table(pair, ["visual", "audio"]).metrics()
+    ratios = [2 / 4, 4 / 1, 8 / 2, 0.5 / 2, 3 / 6, 6 / 1.5]  # the default pair: visual over audio, off the diagonal
+    assert (metrics.eta_ratio.numerator, metrics.eta_ratio.denominator) == ("visual", "audio")
+    assert metrics.eta_ratio.matrix == [[None, 0.5, 4.0], [4.0, None, 0.25], [0.5, 4.0, None]]
+    assert metrics.eta_ratio.mean_log_ratio == pytest.approx(sum(math.log(r) for r in ratios) / 6, rel=1e-6)
+
+
+def test_metrics_json_reads_back_into_the_same_typed_metrics(trained_crmt, data, tmp_path):
+    inputs, labels = validation_batch(data, size=12)
+    settings = RobustnessSettings(curve_radii=(0.5, 1.0), audit_samples=4, audit_sound=True)
+    evaluator = RobustnessEvaluator(trained_crmt, settings)
+    evaluator.update(inputs, labels)
+    results = evaluator.finalize()
+    metrics = results.metrics()
+    assert metrics.certified_model is not None and metrics.certified_sound is not None and metrics.audit.sound is not None
+    files = write_report(results, tmp_path, "crmt", {"seed": 0})
+    written = json.loads(files.metrics.read_text(encoding="utf-8"))
+    assert RobustnessMetrics.from_json(written) == metrics
+    assert written["threats"][2] == {"key": "pgd", "kind": "pgd", "attacked": ["visual", "audio"], "budget": 0.5}
+    assert written["audit"]["sound_attacked"] == 4 and written["eta_ratio"]["pair"] == "visual/audio"
+
+    uncertified = RobustnessMetrics(
+        samples=2, modalities=["visual", "audio"], settings=settings,
+        accuracy={threat: 0.5 for threat in settings.threats(["visual", "audio"])},
+        curves=AccuracyCurves([0.0, 0.5, 1.0], {scope: [0.5, 0.5, 0.0] for scope in Scope.every(["visual", "audio"])}),
+        sound_note="the model is not certifiable",
+    )
+    document = json.loads(json.dumps(uncertified.to_json()))
+    assert document["certified_sound"] == {"note": "the model is not certifiable"} and "certified" not in document
+    assert RobustnessMetrics.from_json(document) == uncertified

@@ -1,5 +1,7 @@
 """Certified bounds against hand computations and exact linear models (every Lipschitz constant known)."""
 
+import math
+
 import torch
 
 from crmt.robustness.certify import (
@@ -126,15 +128,30 @@ def test_bound_equals_margin_over_lipschitz_when_rows_antiparallel():
     assert abs(radius.item() - (margin / gradient_norm).item()) < 1e-5
 
 
-def test_runner_up_bound_picks_runner_up():
-    torch.manual_seed(0)
-    scores = torch.randn(2, 5, 4)
-    integration, bias, tau = torch.rand(2, 4) + 0.1, torch.randn(4), torch.rand(2, 4) + 0.1
-    labels = torch.randint(0, 4, (5,))
-    logits = fused(scores, integration, bias)
-    j = runner_up_class(logits, labels)
-    expected = certified_bounds(logits, labels, orthogonal_pair_lipschitz(integration, tau))[torch.arange(5), j]
-    torch.testing.assert_close(runner_up_bound(scores, integration, bias, tau, labels), expected)
+def runner_up_bound_by_loop(scores, integration, bias, tau, labels) -> list[float]:
+    """Theorem 3.5's r_j(x_i) for j the largest fused logit other than y_i, one sample and one class at a time."""
+    s, a, b, t = scores.tolist(), integration.tolist(), bias.tolist(), tau.tolist()
+    modalities, classes = range(len(s)), range(len(b))
+    bounds = []
+    for i, y in enumerate(labels.tolist()):
+        logits = [sum(a[m][k] * s[m][i][k] for m in modalities) + b[k] for k in classes]
+        j = max((k for k in classes if k != y), key=lambda k: logits[k])
+        pair = [abs(a[m][y]) * t[m][y] + abs(a[m][j]) * t[m][j] for m in modalities]
+        bounds.append((logits[y] - logits[j]) / math.sqrt(sum(value * value for value in pair)))
+    return bounds
+
+
+def test_runner_up_bound_equals_a_per_sample_loop_over_classes():
+    """Random scores, weights of both signs and labels, misclassified samples (negative bounds) included."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 12, 4, generator=generator, dtype=torch.float64)
+    integration = torch.randn(2, 4, generator=generator, dtype=torch.float64)
+    bias = torch.randn(4, generator=generator, dtype=torch.float64)
+    tau = torch.rand(2, 4, generator=generator, dtype=torch.float64) + 0.1
+    labels = torch.randint(0, 4, (12,), generator=generator)
+    expected = torch.tensor(runner_up_bound_by_loop(scores, integration, bias, tau, labels), dtype=torch.float64)
+    assert (expected < 0).any() and (expected > 0).any(), "the check needs correct and misclassified samples"
+    torch.testing.assert_close(runner_up_bound(scores, integration, bias, tau, labels), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_certified_accuracy_counts_correct_samples_at_or_above_each_radius():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from wandb.proto import wandb_internal_pb2
 
 from crmt.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = {
-    "ks": "data_modules.KineticsSoundsDataModule",
-    "vggsound": "data_modules.VGGSoundDataModule",
-    "ucf101": "data_modules.UCF101DataModule",
-    "cremad": "data_modules.CremadDataModule",
-}
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml") if p.stem != "defaults")
 
 TINY_DATA = [
@@ -73,13 +69,10 @@ def test_experiment_config_parses(experiment, capsys):
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["class_path"].startswith("crmt.strategies.")
-    dataset = next((name for name in DATASETS if experiment.endswith(f"_{name}")), None)
-    expected_data = DATASETS[dataset] if dataset else "data_modules.EmbeddedAVDataModule"
-    assert config["data"]["class_path"] == expected_data
+    assert config["data"]["class_path"] == "data_modules.EmbeddedAVDataModule", "the embedded data by default"
     assert config["trainer"]["logger"]["init_args"]["name"] == experiment
     report = next(c for c in config["trainer"]["callbacks"] if c["class_path"] == "crmt.callbacks.RobustnessReport")
-    budget = report["init_args"]["settings"]["multimodal_eps"]
-    assert budget == (0.5 if dataset else 4.0), "paper budgets on real data, scaled ones on the embedded clips"
+    assert report["init_args"]["settings"]["multimodal_eps"] == 4.0, "budgets scaled to the embedded clips"
 
 
 def test_crmt_epoch_plan_sets_max_epochs_and_overrides_pass_through(capsys):
@@ -105,24 +98,102 @@ def wandb_run_dir(save_dir: Path) -> Path:
     return runs[0]
 
 
-ROBUSTNESS_SCALARS = ("robust/acc_pgd", "robust/acc_pgd_audio", "robust/radius_mean", "robust/eta_log_ratio_mean",
-                      "report/acc_pgd", "report/acc_missing_visual", "report/audit_violation_rate")
+TINY_VAL_SAMPLES = 8
+"""val_per_class x num_classes of TINY_DATA: fewer than the monitor's 32 clips, so it sees the whole split."""
+WANDB_BLOCK = 32768
 
 
-def assert_wandb_holds_robustness_output(run_dir: Path) -> None:
-    """The callbacks' scalars are in the run file and their images, tables and histograms among its media."""
-    records = next(run_dir.glob("run-*.wandb")).read_bytes()
-    for metric in (*ROBUSTNESS_SCALARS, "robust/radius_hist", "report/radius_audio_hist"):
-        assert metric.encode() in records, f"{metric} not in the W&B run file {run_dir}"
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows (one per ``log`` call) read back from the offline run file ``run-*.wandb``.
+
+    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each a 7-byte header
+    (CRC-32, length, type: 1 full, 2 first, 3 middle, 4 last) and bytes of a serialised
+    ``wandb_internal_pb2.Record``. A nested value (histogram, media) gives one key per field, joined by "/".
+    """
+    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    rows, position, pending = [], 7, b""
+    while position + 7 <= len(data):
+        room = WANDB_BLOCK - position % WANDB_BLOCK
+        if room < 7:  # a block tail too short for a chunk header is padding
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0:  # zeros past the last record written
+            break
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record.FromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                items = record.history.item
+                rows.append({"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in items})
+    return rows
+
+
+def only_row_with(rows: list[dict], key: str) -> dict:
+    (row,) = [row for row in rows if key in row]
+    return row
+
+
+def assert_wandb_holds_robustness_output(run_dir: Path, metrics: dict) -> None:
+    """The run file holds the report's numbers as metrics.json has them, the test loop's accuracy equals the
+    report's clean accuracy, the monitor's clean accuracy equals val/acc of its epoch, the radius histograms
+    count every sample, and the images and tables are among the run's media."""
+    rows = wandb_history(run_dir)
+    report = only_row_with(rows, "report/acc_clean")
+    for attack, accuracy in metrics["accuracy"].items():
+        assert report[f"report/acc_{attack}"] == accuracy, attack
+    for scope in ("multimodal", *metrics["modalities"]):
+        suffix = "" if scope == "multimodal" else f"_{scope}"
+        assert report[f"report/radius_mean{suffix}"] == metrics["certified"][scope]["mean"], scope
+        assert report[f"report/radius_median{suffix}"] == metrics["certified"][scope]["median"], scope
+    assert report["report/eta_log_ratio_mean"] == metrics["eta_ratio"]["mean_log_ratio"]
+    assert report["report/audit_violation_rate"] == metrics["audit"]["violation_rate"]
+    assert only_row_with(rows, "test/acc")["test/acc"] == pytest.approx(metrics["accuracy"]["clean"], abs=1e-6)
+    for suffix in ("", *(f"_{modality}" for modality in metrics["modalities"])):
+        counts = f"report/radius{suffix}_hist/values"
+        assert sum(only_row_with(rows, counts)[counts]) == metrics["samples"], counts
+
+    monitored = [row for row in rows if "robust/acc_clean" in row]
+    assert monitored, "the monitor logged nothing"
+    for row in monitored:
+        assert row["robust/acc_clean"] == pytest.approx(row["val/acc"], abs=1e-6), row["epoch"]
+    histograms = [row["robust/radius_hist/values"] for row in rows if "robust/radius_hist/values" in row]
+    assert histograms and all(sum(counts) == TINY_VAL_SAMPLES for counts in histograms), histograms
+
     media = run_dir / "files" / "media"
     for image in ("robust/eta_ratio_heatmap", "report/accuracy_vs_radius", "report/eta_ratio_heatmap", "report/certified_accuracy"):
         assert list(media.glob(f"images/{image}_*.png")), f"no {image} image in {media}"
     assert list(media.glob("table/report/accuracy_*.table.json")), f"no report table in {media}"
 
 
+def report_folder(save_dir: Path, run_dir: Path) -> Path:
+    """The report folder of the run whose W&B folder is ``run_dir``."""
+    return save_dir / "crmt" / run_dir.name.split("-")[-1] / "report"
+
+
 def assert_report_files(folder: Path) -> None:
     for name in ("report.md", "metrics.json", "accuracy_vs_radius.png", "eta_ratio_heatmap.png", "certified_accuracy.png"):
         assert (folder / name).is_file(), f"{name} missing in {folder}"
+
+
+def assert_wandb_holds_both_phases(rows: list[dict], rho: float) -> None:
+    """Step 1's rows (epoch 0) have loss = CE + rho * L1; step 2's bound is logged in epoch 1 only; train/phase is 1 then 2; in step 2, val/acc and val/certified_radius (full
+    forward passes) equal val/step2_acc and val/step2_radius (the cached scores) of the same epoch."""
+    step1 = [row for row in rows if "train/margin" in row]
+    assert step1 and all(row["epoch"] == 0 for row in step1)
+    for row in step1:
+        assert row["train/loss"] == pytest.approx(row["train/ce"] + rho * row["train/margin"], rel=1e-5)
+    step2 = [row for row in rows if "train/step2_bound" in row]
+    assert step2 and all(row["epoch"] == 1 for row in step2)
+    assert [(row["epoch"], row["train/phase"]) for row in rows if "train/phase" in row] == [(0, 1), (1, 2)]
+    validation = only_row_with(rows, "val/certified_radius")
+    selection = only_row_with(rows, "val/step2_radius")
+    assert validation["epoch"] == selection["epoch"] == 1
+    assert validation["val/acc"] == pytest.approx(selection["val/step2_acc"], abs=1e-6)
+    assert validation["val/certified_radius"] == pytest.approx(selection["val/step2_radius"], rel=1e-5)
 
 
 def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
@@ -132,21 +203,20 @@ def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
     assert "test/acc" in output
 
     run_dir = wandb_run_dir(tmp_path / "runs")
-    assert_wandb_holds_robustness_output(run_dir)
-    records = next(run_dir.glob("run-*.wandb")).read_bytes()
-    for metric in ("train/loss", "train/margin", "train/step2_bound", "train/phase", "val/acc", "val/certified_radius", "test/acc"):
-        assert metric.encode() in records, f"{metric} not in the W&B run file {run_dir}"
-    report = tmp_path / "runs" / "crmt" / run_dir.name.split("-")[-1] / "report"
+    report = report_folder(tmp_path / "runs", run_dir)
     assert_report_files(report)
     metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["name"] == "crmt_jt" and 0 <= metrics["accuracy"]["pgd"] <= metrics["accuracy"]["clean"] <= 1
+    assert_wandb_holds_robustness_output(run_dir, metrics)
+    assert metrics["name"] == "crmt_jt"
     assert "| crmt_jt |" in (report / "report.md").read_text()
     assert "# Robustness report: crmt_jt" in output, "the report is printed at the end of the run"
 
     checkpoints = list((tmp_path / "runs").rglob("last.ckpt"))
     assert len(checkpoints) == 1, checkpoints
-    state = torch.load(checkpoints[0], weights_only=False)["state_dict"]
+    checkpoint = torch.load(checkpoints[0], weights_only=False)
+    state = checkpoint["state_dict"]
     assert int(state["phase"]) == 2
+    assert_wandb_holds_both_phases(wandb_history(run_dir), checkpoint["hyper_parameters"]["rho"])
     assert (state["tau"] > 0).all()
 
     # `test` and `validate` from the checkpoint restore step 2: the certified radius (step 2 only) is reported
@@ -193,4 +263,6 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
     assert rank0["cached_samples"] == rank1["cached_samples"] == rank0["train_samples"]
     differing = [name for name, value in rank0["state_dict"].items() if not torch.equal(value, rank1["state_dict"][name])]
     assert differing == [], f"ranks ended with different parameters or buffers: {differing}"
-    assert_wandb_holds_robustness_output(wandb_run_dir(tmp_path / "runs"))
+    run_dir = wandb_run_dir(tmp_path / "runs")
+    metrics = json.loads((report_folder(tmp_path / "runs", run_dir) / "metrics.json").read_text())
+    assert_wandb_holds_robustness_output(run_dir, metrics)

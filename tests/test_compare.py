@@ -1,7 +1,8 @@
 """Multi-seed comparison without training: the paired two-level bootstrap against independent
 computations (exact bootstrap variance, scipy, simulated coverage), the mean ± std tables, the
-paper's orderings on fake run folders, run reuse (the training subprocess is replaced), and the
-errors for unpaired test sets, failed runs and missing configs."""
+paper's orderings on fake run folders (typed metrics read back from their metrics.json), run reuse
+(the training subprocess is replaced), and the errors for unpaired test sets, failed runs and
+missing configs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from scipy import stats
 
 from crmt import compare
 from crmt.compare_report import SeedRun, load_run, pair_outcomes, write_comparison
+from crmt.robustness.results import AccuracyCurves, Certificate, RadiusSummary, RobustnessMetrics
+from crmt.robustness.settings import RobustnessSettings
+from crmt.robustness.threats import Scope
 from crmt.statistics import (
     absolute_gap,
     mean_accuracy,
@@ -168,33 +172,42 @@ ACCURACY = {  # per method: probability of being correct under each key
 }
 
 
+SETTINGS = RobustnessSettings(curve_radii=(1.0, 2.0), radius_grid=(0.0, 0.5))
+
+
 def _write_run(
-    folder: Path, name: str, seed: int, index: list[int] | None = None, certified: bool = True, labels: list[int] | None = None
-) -> None:
-    """A report folder as ``python -m crmt fit --report_dir`` leaves it (metrics, per-sample outcomes)."""
+    folder: Path, name: str, seed: int, index: list[int] | None = None, certified: bool = True,
+    labels: list[int] | None = None, modalities: list[str] = MODALITIES,
+) -> RobustnessMetrics:
+    """A report folder as ``python -m crmt fit --report_dir`` leaves it (metrics, per-sample outcomes); returns its metrics."""
     rng = np.random.default_rng([seed, len(name)])
     index = list(range(100, 160)) if index is None else index
-    probabilities = ACCURACY[name]
-    correct = {key: (rng.random(len(index)) < probabilities.get(key, 0.6)).astype(int).tolist() for key in KEYS}
+    probabilities = ACCURACY.get(name, {}) if modalities == MODALITIES else {}
+    threats = SETTINGS.threats(modalities)
+    correct = {t.key: (rng.random(len(index)) < probabilities.get(t.key, 0.6)).astype(int).tolist() for t in threats}
     labels = [i % 6 for i in index] if labels is None else labels
     order = rng.permutation(len(index))  # files need not be sorted by index
     per_sample = {
         "index": [index[i] for i in order], "label": [labels[i] for i in order],
         "correct": {key: [values[i] for i in order] for key, values in correct.items()},
     }
-    metrics = {
-        "samples": len(index), "modalities": MODALITIES,
-        "accuracy": {key: float(np.mean(values)) for key, values in correct.items()},
-        "curves": {"radii": [0.0, 1.0, 2.0], "multimodal": [0.9, 0.5 + 0.1 * seed, 0.2], "visual": [0.9, 0.8, 0.7], "audio": [0.9, 0.4, 0.1]},
-    }
+    everything, *single = Scope.every(modalities)
+    curves = {everything: [0.9, 0.5 + 0.1 * seed, 0.2], **{scope: [0.9, 0.8 - 0.4 * i, 0.1] for i, scope in enumerate(single)}}
+    certificate = None
     if certified:
-        radius = rng.uniform(0.0, 1.0 + seed, size=3)
-        metrics["certified"] = {"lipschitz": "estimated over the 60 test samples",
-                                "multimodal": {"mean": radius[0]}, "visual": {"mean": radius[1]}, "audio": {"mean": radius[2]}}
+        radius = rng.uniform(0.0, 1.0 + seed, size=len(modalities) + 1)
+        summaries = {scope: RadiusSummary(r, r / 2, [0.9, 0.4]) for scope, r in zip([everything, *single], radius.tolist())}
+        certificate = Certificate("estimated over the 60 test samples", [0.0, 0.5], summaries)
         per_sample["radius"] = rng.uniform(0, 1, size=len(index)).tolist()
+    metrics = RobustnessMetrics(
+        samples=len(index), modalities=list(modalities), settings=SETTINGS,
+        accuracy={t: float(np.mean(correct[t.key])) for t in threats},
+        curves=AccuracyCurves([0.0, *SETTINGS.curve_radii], curves), certified=certificate,
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (folder / "metrics.json").write_text(json.dumps({"name": name, **metrics.to_json()}), encoding="utf-8")
     (folder / "per_sample.json").write_text(json.dumps(per_sample), encoding="utf-8")
+    return metrics
 
 
 def _fake_runs(root: Path, names=("jt", "crmt_jt", "crmt_at"), seeds=(0, 1, 2)) -> dict[str, list[SeedRun]]:
@@ -217,19 +230,61 @@ def test_tables_hold_numpy_mean_and_std_over_seeds(tmp_path):
     assert results["seeds"] == [0, 1, 2] and results["test_clips"] == 60
     for name, seed_runs in runs.items():
         for key in KEYS:
-            values = [run.metrics["accuracy"][key] for run in seed_runs]
+            values = [next(v for t, v in run.metrics.accuracy.items() if t.key == key) for run in seed_runs]
             cell = results["accuracy"][name][key]
             assert cell["per_seed"] == values
             assert cell["mean"] == pytest.approx(np.mean(values), abs=1e-12)
             assert cell["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
         pgd = results["accuracy"][name]["pgd"]
         assert f"{np.mean(pgd['per_seed']):.3f} ± {np.std(pgd['per_seed'], ddof=1):.3f}" in text
-    radii = [run.metrics["certified"]["multimodal"]["mean"] for run in runs["crmt_at"]]
+    radii = [run.metrics.certified.radii[Scope(tuple(MODALITIES))].mean for run in runs["crmt_at"]]
     assert results["certified"]["crmt_at"]["multimodal"]["mean"] == pytest.approx(np.mean(radii))
     assert results["certified"]["crmt_at"]["multimodal"]["std"] == pytest.approx(np.std(radii, ddof=1))
     assert "jt" not in results["certified"] and results["certified_model"] == {}
     assert results["total_wall_seconds"] == pytest.approx(3 * (10 + 11 + 12))
     assert (tmp_path / "out" / "ablation.png").is_file()
+
+
+def test_a_run_reads_back_the_typed_metrics_it_wrote(tmp_path):
+    written = _write_run(tmp_path / "crmt_jt" / "seed1", "crmt_jt", 1)
+    run = load_run("crmt_jt", 1, tmp_path / "crmt_jt" / "seed1")
+    assert run.metrics == written
+    pgd_audio = next(t for t in run.metrics.threats if t.kind == "pgd" and t.attacked == ("audio",))
+    assert pgd_audio.budget == SETTINGS.unimodal_eps
+    assert run.metrics.accuracy[pgd_audio] == np.mean(run.per_sample["correct"]["pgd_audio"])
+
+
+def test_comparison_takes_its_columns_and_orderings_from_the_runs_threats(tmp_path):
+    """Three modalities of other names: every column, radius and ordering follows the runs' own
+    threats and modalities (and the two-modality gap ordering does not apply)."""
+    modalities = ["rgb", "flow", "depth"]
+    runs = {}
+    for name in ("jt", "crmt_jt"):
+        runs[name] = []
+        for seed in (0, 1):
+            folder = tmp_path / name / f"seed{seed}"
+            _write_run(folder, name, seed, modalities=modalities)
+            runs[name].append(load_run(name, seed, folder))
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=200)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    text = markdown.read_text(encoding="utf-8")
+    assert results["threats"] == [t.to_json() for t in SETTINGS.threats(modalities)]
+    assert list(results["accuracy"]["jt"]) == [
+        "clean", "fgm", "pgd", "fgm_rgb", "pgd_rgb", "fgm_flow", "pgd_flow", "fgm_depth", "pgd_depth",
+        "missing_rgb", "missing_flow", "missing_depth",
+    ]
+    values = [np.mean(run.per_sample["correct"]["pgd_flow"]) for run in runs["crmt_jt"]]
+    assert results["accuracy"]["crmt_jt"]["pgd_flow"]["mean"] == pytest.approx(np.mean(values))
+    assert "| method | Clean | FGM | PGD-l2 | FGM rgb | PGD-l2 rgb | FGM flow |" in text
+    assert "| method | mean radius | mean radius rgb | mean radius flow | mean radius depth |" in text
+    assert set(results["certified"]["jt"]) == {"lipschitz", "multimodal", "rgb", "flow", "depth"}
+    claims = [claim["claim"] for claim in results["claims"]]
+    assert claims == [
+        "CRMT-JT above JT, clean", "CRMT-JT above JT, FGM", "CRMT-JT above JT, PGD-l2",
+        "CRMT-JT above JT, uni-modal PGD-l2 on rgb", "CRMT-JT above JT, uni-modal PGD-l2 on flow",
+        "CRMT-JT above JT, uni-modal PGD-l2 on depth",
+        "CRMT-JT above JT, rgb missing", "CRMT-JT above JT, flow missing", "CRMT-JT above JT, depth missing",
+    ]
 
 
 def test_orderings_are_judged_on_the_paired_outcomes(tmp_path):
@@ -291,7 +346,6 @@ def project(tmp_path, monkeypatch) -> Path:
     (root / "experiments" / "data" / "embedded.yaml").write_text("data: {}\n", encoding="utf-8")
     monkeypatch.setattr(compare, "PROJECT_ROOT", root)
     monkeypatch.setattr(compare, "EXPERIMENTS_DIR", root / "experiments")
-    monkeypatch.setattr(compare, "DATA_DIR", root / "experiments" / "data")
     monkeypatch.setattr(compare, "DEFAULTS_FILE", root / "experiments" / "defaults.yaml")
     monkeypatch.chdir(root)
     return root
@@ -384,7 +438,7 @@ def test_missing_configs_are_named_before_anything_runs(project, monkeypatch):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         compare.run_all(["jt", "nope"], [0], Path("out"))
     with pytest.raises(FileNotFoundError, match=r"data configs: embedded"):
-        compare.run_all(["jt"], [0], Path("out"), data="misleading")
+        compare.run_all(["jt"], [0], Path("out"), data="embedded_nope")
     assert fake.commands == []
 
 

@@ -10,9 +10,10 @@ import av
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from crmt.unimodal import load_data_module
-from data_modules import ClipDataModule, ClipDecodeError, EmbeddedAVDataModule, EmbeddedDatasetSpec
+from crmt.cli import main as crmt_main
+from data_modules import ClipDataModule, ClipDecodeError, ClipSettings, EmbeddedAVDataModule, EmbeddedDatasetSpec
 from data_modules.decoding import decode_audio, decode_clip, decode_frames, sample_frame_indices
 from data_modules.encoding import write_mp4
 from data_modules.features import log_mel_fbank
@@ -20,6 +21,8 @@ from data_modules.manifest import ManifestError, read_manifest
 from data_modules.synthetic import generate_embedded_dataset
 
 TINY = EmbeddedDatasetSpec(num_classes=3, train_per_class=2, val_per_class=1, test_per_class=1)
+SMALL_CLIP = ClipSettings(audio_frames=50, frame_size=32, fps=None, augment=False)
+"""Small inputs from every frame of the tiny clips, without augmentation."""
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +78,8 @@ def test_decoded_clip_has_documented_shapes(tiny_dataset):
 
 
 def test_datamodule_batches_have_documented_shapes_and_labels(tiny_dataset):
-    data = ClipDataModule(
-        str(tiny_dataset / "manifest.csv"), num_classes=3, batch_size=4, num_workers=0,
-        audio_frames=50, num_mel_bins=64, num_frames=2, frame_size=40,
-    )
+    clip = ClipSettings(audio_frames=50, num_mel_bins=64, num_frames=2, frame_size=40, fps=None, augment=False)
+    data = ClipDataModule(str(tiny_dataset / "manifest.csv"), num_classes=3, clip=clip, batch_size=4, num_workers=0)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch["audio"].shape == (4, 1, 64, 50) and batch["audio"].dtype == torch.float32
@@ -184,9 +185,7 @@ def test_bad_clips_raise_one_error_that_names_each_file(broken_folder):
 
 
 def test_bad_clips_are_skipped_and_counted_when_configured(broken_folder):
-    data = ClipDataModule(
-        str(broken_folder), num_classes=3, num_workers=0, batch_size=8, on_bad_clip="skip", audio_frames=50, frame_size=32
-    )
+    data = ClipDataModule(str(broken_folder), num_classes=3, clip=SMALL_CLIP, num_workers=0, batch_size=8, on_bad_clip="skip")
     with pytest.warns(UserWarning, match="3 of 6 clips"):
         data.setup("fit")
     assert sorted(Path(path).name for path, _ in data.skipped_clips) == ["audio_only.mp4", "empty.mp4", "truncated.mp4"]
@@ -203,7 +202,7 @@ def test_clip_that_breaks_during_decoding_is_dropped_not_zero_filled(tiny_datase
     good = tiny_dataset / "clips" / "train" / "c1_000.mp4"
     manifest.write_text(f"path,label,split\n{clip},0,train\n{good},1,train\n")
     for policy in ("raise", "skip"):
-        data = ClipDataModule(str(manifest), num_classes=2, num_workers=0, on_bad_clip=policy, audio_frames=50, frame_size=32)
+        data = ClipDataModule(str(manifest), num_classes=2, clip=SMALL_CLIP, num_workers=0, on_bad_clip=policy)
         data.setup("fit")
         clip.write_bytes(b"\x00" * 64)  # broken after the probe
         loader = data.train_dataloader()
@@ -253,15 +252,42 @@ def test_manifest_without_required_columns_is_rejected(tmp_path):
         read_manifest(manifest)
 
 
-def test_data_variant_configs_compose_over_the_defaults():
-    """experiments/data/*.yaml override only what they name; the default is label-consistent, the variant misleading."""
-    default, misleading = load_data_module("embedded"), load_data_module("embedded_misleading", seed=3)
-    assert (default.spec.audio_confusion, default.spec.visual_confusion) == (0.0, 0.0)
-    assert default.spec.audio_jitter < default.spec.visual_jitter, "audio is the stronger modality"
-    assert (misleading.spec.audio_confusion, misleading.spec.visual_confusion) == (0.05, 0.3)
-    assert misleading.root == Path("data/embedded_misleading") and default.root == Path("data/embedded")
-    assert misleading.seed == 3 and misleading.spec.seed == 0, "the loader seed never changes the clips"
-    assert misleading.spec.test_per_class == default.spec.test_per_class == 50
+def composed_data(args: list[str], capsys, monkeypatch) -> dict:
+    """The ``data`` section ``python -m crmt fit <args>`` composes, as printed."""
+    monkeypatch.setattr("sys.argv", ["crmt"])
+    with pytest.raises(SystemExit) as exit_info:
+        crmt_main(["fit", "--config", "experiments/jt.yaml", *args, "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)["data"]
+
+
+def test_embedded_data_configs_compose_as_the_cli_reads_them(capsys, monkeypatch):
+    """experiments/data/*.yaml name only what differs from the embedded module's defaults; the default
+    (read when no data config is given) is label-consistent, the variant misleading."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    default = composed_data([], capsys, monkeypatch)["init_args"]
+    explicit = composed_data(["--config", "experiments/data/embedded.yaml"], capsys, monkeypatch)["init_args"]
+    misleading = composed_data(
+        ["--config", "experiments/data/embedded_misleading.yaml", "--data.init_args.seed=3"], capsys, monkeypatch
+    )["init_args"]
+    assert explicit == default
+    assert (default["audio_confusion"], default["visual_confusion"]) == (0.0, 0.0)
+    assert default["audio_jitter"] < default["visual_jitter"], "audio is the stronger modality"
+    assert (misleading["audio_confusion"], misleading["visual_confusion"]) == (0.05, 0.3)
+    assert misleading["root"] == "data/embedded_misleading" and default["root"] == "data/embedded"
+    assert misleading["seed"] == 3 and misleading["dataset_seed"] == 0, "the loader seed never changes the clips"
+    assert misleading["test_per_class"] == default["test_per_class"] == 50
+    assert misleading["clip"] == default["clip"]
+
+
+def test_clip_settings_are_plain_hyperparameters_that_load_with_weights_only(tmp_path):
+    """``clip`` is kept in ``hparams`` as a dict of its fields, so a checkpoint holding the data module's
+    hyperparameters loads with ``weights_only=True`` (a dataclass would need unpickling)."""
+    data = EmbeddedAVDataModule(root=str(tmp_path / "embedded"), clip=SMALL_CLIP)
+    assert data.hparams["clip"] == {name: getattr(SMALL_CLIP, name) for name in SMALL_CLIP.__dataclass_fields__}
+    assert "manifest" not in data.hparams and data.settings is SMALL_CLIP
+    torch.save({"datamodule_hyper_parameters": dict(data.hparams)}, tmp_path / "hparams.ckpt")
+    assert torch.load(tmp_path / "hparams.ckpt", weights_only=True)["datamodule_hyper_parameters"]["clip"]["frame_size"] == 32
 
 
 def test_a_clip_dropped_inside_a_dataloader_worker_is_recorded(tiny_dataset, tmp_path):
@@ -269,7 +295,7 @@ def test_a_clip_dropped_inside_a_dataloader_worker_is_recorded(tiny_dataset, tmp
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"path,label,split\n{clip},0,train\n{tiny_dataset / 'clips' / 'train' / 'c1_000.mp4'},1,train\n")
     clip.write_bytes((tiny_dataset / "clips" / "train" / "c0_000.mp4").read_bytes())
-    data = ClipDataModule(str(manifest), num_classes=2, num_workers=2, batch_size=1, on_bad_clip="skip", audio_frames=50, frame_size=32)
+    data = ClipDataModule(str(manifest), num_classes=2, clip=SMALL_CLIP, num_workers=2, batch_size=1, on_bad_clip="skip")
     data.setup("fit")
     clip.write_bytes(b"\x00" * 64)
     labels = [batch["label"].tolist() for batch in data.train_dataloader() if batch is not None]  # warns in the worker
@@ -285,7 +311,7 @@ def test_an_empty_split_is_an_error_naming_it(tiny_dataset, tmp_path, split, sta
     rows = [f"{path},{i % 3},train" for i, path in enumerate(sorted((tiny_dataset / "clips" / "train").glob("*.mp4")))]
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    data = ClipDataModule(str(manifest), num_classes=3, num_workers=0, audio_frames=50, frame_size=32)
+    data = ClipDataModule(str(manifest), num_classes=3, clip=SMALL_CLIP, num_workers=0)
     data.setup(stage)
     with pytest.raises(ValueError, match=message):
         getattr(data, f"{split}_dataloader")()

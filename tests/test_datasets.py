@@ -8,7 +8,7 @@ import json
 import math
 import os
 import stat
-import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from data_modules import (
 from data_modules.augment import crop_and_flip
 from data_modules.encoding import write_mp4
 from data_modules.flow import flow_images
+from data_modules.prepare import data_arguments
 from data_modules.prepare import main as prepare_main
 from data_modules.splits import (
     CREMAD_CLASSES,
@@ -45,8 +46,19 @@ from data_modules.splits import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SPLITS = REPO.parent / "shared" / "data" / "splits"
-TINY = {"batch_size": 4, "num_workers": 0, "frame_size": 32, "num_frames": 3}
+TINY_LOADER = {"batch_size": 4, "num_workers": 0, "cache_dir": None}
+TINY = {"frame_size": 32, "num_frames": 3, "augment": False}
 TINY_AUDIO = {**TINY, "audio_frames": 64, "num_mel_bins": 32}
+"""Small clip settings without augmentation (the rest the paper's defaults)."""
+
+
+def module_arguments(settings: type, tiny: dict[str, object], overrides: dict[str, object]) -> dict[str, object]:
+    """Data module arguments: the tiny loader and ``clip`` (a ``settings``) of ``tiny``, each overridden by
+    ``overrides`` (the names of ``settings``' fields go to ``clip``)."""
+    clip_fields = {field.name for field in fields(settings)}
+    clip = {**tiny, **{name: value for name, value in overrides.items() if name in clip_fields}}
+    loader = {name: value for name, value in overrides.items() if name not in clip_fields}
+    return {**TINY_LOADER, **loader, "clip": settings(**clip)}
 SECONDS, FPS, SIZE = 1.5, 10, (32, 32)
 
 
@@ -89,7 +101,7 @@ def ks_fake(tmp_path_factory) -> dict[str, Path]:
 
 
 def ks_module(fake: dict[str, Path], **overrides) -> KineticsSoundsDataModule:
-    settings = {"cache_dir": None, "augment": False, **TINY_AUDIO, **overrides}
+    settings = module_arguments(ClipSettings, TINY_AUDIO, overrides)
     return KineticsSoundsDataModule(str(fake["root"]), str(fake["train"]), str(fake["test"]), **settings)
 
 
@@ -150,7 +162,7 @@ def ucf_fake(tmp_path_factory) -> dict[str, Path]:
 
 
 def ucf_module(fake: dict[str, Path], **overrides) -> UCF101DataModule:
-    settings = {"cache_dir": None, "augment": False, **TINY, **overrides}
+    settings = module_arguments(RgbFlowSettings, TINY, overrides)
     return UCF101DataModule(str(fake["root"]), str(fake["lists"]), **settings)
 
 
@@ -182,7 +194,7 @@ def cremad_fake(tmp_path_factory) -> dict[str, Path]:
 
 
 def cremad_module(fake: dict[str, Path], **overrides) -> CremadDataModule:
-    settings = {"cache_dir": None, "augment": False, **TINY_AUDIO, **overrides}
+    settings = module_arguments(ClipSettings, TINY_AUDIO, overrides)
     return CremadDataModule(
         str(fake["root"]), str(fake["train"]), str(fake["test"]), classes_file=str(fake["stat"]), **settings
     )
@@ -331,7 +343,7 @@ def test_kinetics_sounds_audio_is_normalised_by_twice_the_std(ks_fake):
 
 def test_vggsound_fake_is_parsed_prepared_and_loaded(vgg_fake, tmp_path, monkeypatch):
     def make(**overrides) -> VGGSoundDataModule:
-        settings = {"cache_dir": None, "augment": False, **TINY_AUDIO, **overrides}
+        settings = module_arguments(ClipSettings, TINY_AUDIO, overrides)
         return VGGSoundDataModule(str(vgg_fake["root"]), str(vgg_fake["csv"]), **settings)
 
     data = make()
@@ -493,45 +505,40 @@ def test_corrupted_cache_files_are_not_counted_as_cached_and_prepare_decodes_the
     assert [path.read_bytes() for path in files] == good, "decoded again byte for byte"
 
 
-def test_prepare_command_reads_the_experiment_config_and_training_then_reads_the_cache(
-    ks_fake, tmp_path, capsys, monkeypatch
-):
-    config = tmp_path / "jt_ks.yaml"
+def test_prepare_command_reads_the_data_config_and_training_then_reads_the_cache(ks_fake, tmp_path, capsys, monkeypatch):
+    config = tmp_path / "ks.yaml"
     init_args = {
+        **TINY_LOADER,
         "root": "/nonexistent",
         "train_list": str(ks_fake["train"]),
         "test_list": str(ks_fake["test"]),
         "cache_dir": str(tmp_path / "cache"),
-        **TINY_AUDIO,
+        "clip": {**TINY_AUDIO, "fps": 2.0},
     }
     config.write_text(
         yaml.safe_dump({"data": {"class_path": "data_modules.KineticsSoundsDataModule", "init_args": init_args}})
     )
-    code = prepare_main(
-        [
-            "ks",
-            "--config",
-            str(config),
-            "--root",
-            str(ks_fake["root"]),
-            "--workers",
-            "2",
-            "--no-progress",
-            "--set",
-            "fps=1.0",
-        ]
-    )
+    arguments = ["ks", "--config", str(config), "--root", str(ks_fake["root"]), "--workers", "2", "--no-progress"]
+    code = prepare_main([*arguments, "--set", "clip.fps=1"])
     assert code == 0
     output = capsys.readouterr().out
     assert "9 clips: 0 were cached already, 9 decoded now, 0 failed" in output
 
-    data = KineticsSoundsDataModule(**{**init_args, "root": str(ks_fake["root"])})
+    clip = ClipSettings(**{**TINY_AUDIO, "fps": 1.0})  # the --set override, merged into the config's clip
+    data = KineticsSoundsDataModule(**{**init_args, "root": str(ks_fake["root"]), "clip": clip})
     monkeypatch.setattr(ClipSettings, "extract", lambda self, record: pytest.fail("decoded despite the cache"))
     data.setup("fit")
     check_batch(data, first_batch(data, "train"), "train")
 
     with pytest.raises(ValueError, match="expected data_modules.UCF101DataModule"):
         prepare_main(["ucf101", "--config", str(config)])
+    with pytest.raises(ValueError, match="ks data settings: .*'fps'"):
+        prepare_main([*arguments, "--set", "fps=1"])
+
+
+def test_prepare_reads_the_shipped_data_config_by_default():
+    shipped = yaml.safe_load((REPO / "experiments" / "data" / "cremad.yaml").read_text())["data"]["init_args"]
+    assert data_arguments("cremad", None) == shipped
 
 
 # ---------------------------------------------------------------- broken clips
@@ -643,48 +650,3 @@ def test_without_a_cache_the_probe_lists_unopenable_clips_and_decoding_drops_the
     assert any("two_ms_of_audio.avi: waveform has 32 samples" in m for m in messages)
     assert any("dropped 1 of" in m for m in messages)
     assert sum(batch["label"].shape[0] for batch in batches) == len(data.datasets["train"]) - 1
-
-
-# ---------------------------------------------------------------- experiment configs
-@pytest.mark.parametrize("dataset", ["ks", "vggsound", "ucf101", "cremad"])
-@pytest.mark.parametrize("strategy", ["jt", "crmt_jt"])
-def test_dataset_experiments_configure_the_paper_setup(dataset, strategy, monkeypatch, capsys):
-    from crmt.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["crmt"])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "experiments" / f"{strategy}_{dataset}.yaml"), "--print_config"])
-    assert exit_info.value.code == 0
-    config = yaml.safe_load(capsys.readouterr().out)
-    data, model = config["data"], config["model"]["init_args"]
-    assert (
-        data["class_path"]
-        == {
-            "ks": "data_modules.KineticsSoundsDataModule",
-            "vggsound": "data_modules.VGGSoundDataModule",
-            "ucf101": "data_modules.UCF101DataModule",
-            "cremad": "data_modules.CremadDataModule",
-        }[dataset]
-    )
-    assert data["init_args"]["batch_size"] == 64 and data["init_args"]["frame_size"] == 224
-    assert model["encoder_width"] == 64
-    assert model["optimizer"]["class_path"] == "torch.optim.SGD"
-    step1 = model["optimizer"]["init_args"]
-    assert {k: step1[k] for k in ("lr", "momentum", "weight_decay")} == {
-        "lr": 1e-3,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-    }
-    assert model["lr_scheduler"]["init_args"]["step_size"] == 60 and model["lr_scheduler"]["init_args"]["gamma"] == 0.1
-    assert config["trainer"]["logger"]["init_args"]["name"] == f"{strategy}_{dataset}"
-    if strategy == "jt":
-        assert config["trainer"]["max_epochs"] == 140
-    else:
-        assert (model["rho"], model["step1_epochs"], model["step2_epochs"]) == (2.0, 140, 45)
-        step2 = model["step2_optimizer"]
-        assert step2["class_path"] == "torch.optim.SGD"
-        assert {k: step2["init_args"][k] for k in ("lr", "momentum", "weight_decay")} == {
-            "lr": 3e-5,
-            "momentum": 0.9,
-            "weight_decay": 1e-2,
-        }

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from helpers import TensorAVDataModule, make_trainer
+from helpers import StateAtValidationEnd, TensorAVDataModule, make_trainer, orthogonal_validation_by_hand
 from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
 from crmt.strategies import crmt as crmt_strategy
 from crmt.strategies import CRMTJointTraining, JointTraining
@@ -68,7 +68,7 @@ def test_phase_switches_at_step1_epochs_and_step2_changes_only_integration(tmp_p
 
     before, after = recorder.step1_state, model.state_dict()
     changed = [name for name in after if not torch.equal(before[name], after[name])]
-    assert sorted(changed) == ["head.integration", "phase", "scored_epoch", "tau"], changed
+    assert sorted(changed) == ["head.integration", "phase", "switch_epoch", "tau"], changed
     assert recorder.bound_at_switch is not None
     assert cached_mean_bound(model) > recorder.bound_at_switch
 
@@ -148,7 +148,7 @@ def test_resume_from_step2_checkpoint_continues_step2(tmp_path, tensor_data, mon
                 self.integration = pl_module.head.integration.detach().clone()
 
     estimator_calls = []
-    monkeypatch.setattr(crmt_strategy, "score_gradient_norms", lambda *args: estimator_calls.append(args))
+    monkeypatch.setattr(crmt_strategy.LipschitzEstimator, "scores", lambda *args: estimator_calls.append(args))
     seed_everything(0)
     loaded = LoadedState()
     resumed = make_model(step1_epochs=1, step2_epochs=3)
@@ -165,14 +165,20 @@ def test_resume_from_step2_checkpoint_continues_step2(tmp_path, tensor_data, mon
             assert torch.equal(resumed.state_dict()[name], value), name
 
 
-def test_validation_reports_accuracy_and_certified_radius(tmp_path, tensor_data):
+def test_validation_accuracy_and_certified_radius_equal_a_per_sample_recomputation(tmp_path, tensor_data):
+    """val/acc and val/certified_radius of the last validation epoch, recomputed sample by sample from the
+    weights it saw: scores W~^(m) phi^(m), then Theorem 3.5 with tau~ and a^(m) in plain arithmetic."""
     seed_everything(0)
     model = make_model(step1_epochs=1, step2_epochs=1)
-    trainer = make_trainer(2, tmp_path)
+    validated = StateAtValidationEnd()
+    trainer = make_trainer(2, tmp_path, [validated])
     trainer.fit(model, datamodule=tensor_data)
     metrics = trainer.callback_metrics
-    assert 0.0 <= metrics["val/acc"].item() <= 1.0
-    assert metrics["val/certified_radius"].item() >= 0.0
+    model.load_state_dict(validated.state)
+    accuracy, radius = orthogonal_validation_by_hand(model, tensor_data.val_dataloader())
+    assert metrics["val/acc"].item() == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["val/certified_radius"].item() == pytest.approx(radius, rel=1e-4, abs=1e-7)
+    assert radius > 0, "the check needs some certified sample"
     assert metrics["train/phase"].item() == 2.0
 
 
@@ -185,3 +191,59 @@ def test_joint_training_learns_the_tensor_task(tmp_path, tensor_data):
     trainer.fit(model, datamodule=tensor_data)
     assert trainer.callback_metrics["val/acc"].item() > 0.6  # chance is 1/3
     assert "val/certified_radius" not in trainer.callback_metrics
+
+
+def test_tau_is_the_largest_per_sample_input_gradient_norm_over_the_training_set(tmp_path, tensor_data):
+    """tau~_k^(m) = max_i ||d s_k^(m)(x_i) / d x_i^(m)||_2 over the training samples (method.md §4), the
+    gradients taken one sample and one class at a time in eval mode with plain autograd."""
+    seed_everything(0)
+    model = make_model(step1_epochs=2, step2_epochs=1)
+    make_trainer(3, tmp_path).fit(model, datamodule=tensor_data)
+
+    model.eval()
+    weights = [w.detach() for w in model.head.modality_weights()]
+    expected = torch.zeros(len(model.modalities), model.num_classes)
+    for i in range(len(tensor_data.train_set)):
+        sample = tensor_data.train_set[i]
+        for m, name in enumerate(model.modalities):
+            for k in range(model.num_classes):
+                x = sample[name].unsqueeze(0).requires_grad_(True)
+                (gradient,) = torch.autograd.grad((model.encode_modality(m, x) @ weights[m][k]).sum(), x)
+                expected[m, k] = max(expected[m, k], gradient.norm())
+    torch.testing.assert_close(model.tau, expected, rtol=1e-5, atol=1e-7)
+
+
+class LearningRates(Callback):
+    """The learning rate of each optimiser (step 1's, step 2's) at the start of every epoch and at the end of fit."""
+
+    def __init__(self) -> None:
+        self.rates: list[tuple[float, ...]] = []
+
+    def record(self, trainer) -> None:
+        self.rates.append(tuple(optimizer.param_groups[0]["lr"] for optimizer in trainer.optimizers))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.record(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.record(trainer)
+
+
+def test_lr_scheduler_steps_once_per_step1_epoch_and_never_in_step2(tmp_path, tensor_data):
+    seed_everything(0)
+    scheduler = partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    model = make_model(step1_epochs=3, step2_epochs=2, lr_scheduler=scheduler, step2_selection="last")
+    rates = LearningRates()
+    make_trainer(5, tmp_path, [rates]).fit(model, datamodule=tensor_data)
+
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-2)
+    reference_scheduler = scheduler(reference)
+    step1_rates = [reference.param_groups[0]["lr"]]
+    for _ in range(3):
+        reference.step()
+        reference_scheduler.step()
+        step1_rates.append(reference.param_groups[0]["lr"])
+    assert step1_rates == pytest.approx([1e-2, 5e-3, 2.5e-3, 1.25e-3])
+    # epoch starts 0..4, then the end of fit: step 1's rate decays over epochs 0-2 and then stays put
+    expected = [(step1_rates[min(epoch, 3)], 5e-2) for epoch in range(6)]
+    assert rates.rates == expected, rates.rates

@@ -2,8 +2,9 @@
 
 Data flow: ``data_modules`` (clips -> tensors) -> ``crmt.models.encoders`` (ResNet18 per
 modality) -> ``crmt.models.heads`` (concatenation or orthogonal fusion) ->
-``crmt.strategies`` (one LightningModule per training strategy) -> ``crmt.certify``
-(certified bounds) and ``crmt.lipschitz`` (tau estimation).
+``crmt.strategies`` (one LightningModule per training strategy) -> ``crmt.robustness``
+(attacks, tau~ estimation, certified radii), which sees a model only through
+``crmt.models.protocol`` -> ``crmt.callbacks`` (the monitor and the report).
 """
 
 __version__ = "0.1.0"

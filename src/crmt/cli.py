@@ -1,25 +1,32 @@
 """Command line: ``python -m crmt fit|validate|test --config experiments/<name>.yaml [overrides]``.
 
-A LightningCLI in subclass mode: the experiment YAML picks the strategy (model) and the
-data module by class path. ``experiments/defaults.yaml`` is read first when the project is
-run from its source tree, so experiment files hold only what differs. ``fit --resume last``
-continues the newest run started with the same ``--config`` files, in its own run folder.
+A LightningCLI in subclass mode: the experiment YAML picks the strategy (model) by class path,
+a data config (``experiments/data/<name>.yaml``) the data module. When the project is run from
+its source tree, ``experiments/defaults.yaml`` is read first, so experiment files hold only what
+differs, and then ``experiments/data/embedded.yaml`` unless the arguments name a data class
+themselves: a data config that names another class starts from that class's own defaults, as
+nothing of the embedded module is in the namespace to carry over (jsonargparse keeps the values
+of same-named arguments across a class switch). :mod:`crmt.experiments` composes the ``--config``
+files of ``make train``. ``fit --resume last`` continues the newest run started with the same
+``--config`` files, in its own run folder.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from crmt.callbacks.checkpoints import RunCheckpoints, find_last_checkpoint
 from crmt.callbacks.robustness import RobustnessReport
+from crmt.experiments import DEFAULT_DATA_FILE, DEFAULTS_FILE
 from crmt.reproducibility import run_context
 from crmt.strategies.base import MultiModalModule
-
-DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
 
 
 class CRMTCLI(LightningCLI):
@@ -104,6 +111,39 @@ class CRMTCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
 
 
+def _config_names_data_class(value: str) -> bool:
+    """Whether a ``--config`` value (a file, or YAML text) has a ``data`` section naming a class."""
+    path = Path(value)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else value)
+    except (OSError, yaml.YAMLError):
+        return False  # the CLI reports it when it parses the value
+    data = config.get("data") if isinstance(config, dict) else None
+    return isinstance(data, str) or (isinstance(data, dict) and "class_path" in data)
+
+
+def names_data_class(args: Sequence[str]) -> bool:
+    """Whether command line ``args`` name the data class: ``--data <class or file>``,
+    ``--data.class_path``, or a ``--config`` whose ``data`` section has a ``class_path``."""
+    for index, arg in enumerate(args):
+        option, has_value, value = arg.partition("=")
+        if option in ("--data", "--data.class_path"):
+            return True
+        if option in ("-c", "--config"):
+            value = value if has_value else (args[index + 1] if index + 1 < len(args) else "")
+            if _config_names_data_class(value):
+                return True
+    return False
+
+
+def default_config_files(args: Sequence[str]) -> list[str]:
+    """What is read before the ``--config`` files: ``experiments/defaults.yaml``, then the embedded
+    data config unless ``args`` name a data class (none outside the source tree)."""
+    if not DEFAULTS_FILE.is_file():
+        return []
+    return [str(DEFAULTS_FILE)] + ([] if names_data_class(args) else [str(DEFAULT_DATA_FILE)])
+
+
 def main(args: list[str] | None = None, callbacks: list[Callback] | None = None) -> CRMTCLI:
     """Entry point of ``python -m crmt`` and the ``crmt`` script.
 
@@ -113,7 +153,7 @@ def main(args: list[str] | None = None, callbacks: list[Callback] | None = None)
     """
     if "WANDB_SWEEP_ID" not in os.environ:
         os.environ.setdefault("WANDB_MODE", "offline")
-    defaults = [str(DEFAULTS_FILE)] if DEFAULTS_FILE.is_file() else []
+    defaults = default_config_files(sys.argv[1:] if args is None else args)
     return CRMTCLI(
         MultiModalModule,
         LightningDataModule,

@@ -5,7 +5,8 @@ paired two-level bootstrap (see :mod:`crmt.statistics`).
 
 Each (experiment, seed) runs as its own process (so W&B runs and global state never mix)::
 
-    python -m crmt fit --config experiments/<name>.yaml [--config experiments/data/<DATA>.yaml]
+    python -m crmt fit --config experiments/<name>.yaml [--config experiments/scale/... (a real dataset)]
+        --config experiments/data/<DATA or embedded>.yaml
         --seed_everything <s> --data.init_args.seed <s> --report_dir <out>/<name>/seed<s> <ARGS>
 
 Its folder holds ``train.log``, the report (``metrics.json``, ``per_sample.json``, ...) and
@@ -32,11 +33,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from crmt import experiments
 from crmt.compare_report import SeedRun, load_run, write_comparison
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
-DATA_DIR = EXPERIMENTS_DIR / "data"
 DEFAULTS_FILE = EXPERIMENTS_DIR / "defaults.yaml"
 """Read by ``python -m crmt`` before every experiment file (see :mod:`crmt.cli`)."""
 ALL_EXPERIMENTS = (
@@ -48,34 +49,10 @@ REPORT_FILES = ("metrics.json", "per_sample.json")
 """What a finished run's report folder must hold."""
 
 
-def _available(folder: Path) -> str:
-    names = sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "defaults") if folder.is_dir() else []
-    return ", ".join(names) or "none"
-
-
-def experiment_config(name: str) -> Path:
-    """``experiments/<name>.yaml``; ``FileNotFoundError`` listing the experiments if it does not exist."""
-    path = EXPERIMENTS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment {name!r}: {path} does not exist (experiments: {_available(EXPERIMENTS_DIR)})")
-    return path
-
-
-def data_config(data: str) -> Path:
-    """``experiments/data/<data>.yaml``; ``FileNotFoundError`` listing the data configs if it does not exist."""
-    path = DATA_DIR / f"{data}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"--data {data!r}: {path} does not exist (data configs: {_available(DATA_DIR)})")
-    return path
-
-
 def config_files(name: str, data: str | None) -> list[Path]:
-    """Every config file a run of ``name`` on ``data`` reads: defaults (if present), experiment, data."""
-    files = [DEFAULTS_FILE] if DEFAULTS_FILE.is_file() else []
-    files.append(experiment_config(name))
-    if data is not None:
-        files.append(data_config(data))
-    return files
+    """The ``--config`` files of a run of ``name`` on ``data`` (the embedded data when ``None``, named
+    explicitly so that its hash is recorded), as ``make train`` composes them (:mod:`crmt.experiments`)."""
+    return experiments.config_files(name, data or experiments.DEFAULT_DATA, root=EXPERIMENTS_DIR)
 
 
 def sha256_file(path: Path) -> str:
@@ -138,11 +115,10 @@ def plan_run(name: str, seed: int, out: Path, data: str | None = None, extra_arg
     """The run of experiment ``name`` with ``seed`` (Lightning's seed and the data module's) into ``out/<name>/seed<seed>``."""
     files = config_files(name, data)
     folder = Path(out) / name / f"seed{seed}"
-    arguments = ["-m", "crmt", "fit", "--config", _shown(experiment_config(name))]
-    if data is not None:
-        arguments += ["--config", _shown(data_config(data))]
+    arguments = ["-m", "crmt", "fit", *(argument for f in files for argument in ("--config", _shown(f)))]
     arguments += ["--seed_everything", str(seed), "--data.init_args.seed", str(seed), "--report_dir", str(folder), *extra_args]
-    hashes = {str(Path(f).resolve().relative_to(PROJECT_ROOT)): sha256_file(f) for f in files}
+    read = [DEFAULTS_FILE, *files] if DEFAULTS_FILE.is_file() else files
+    hashes = {str(Path(f).resolve().relative_to(PROJECT_ROOT)): sha256_file(f) for f in read}
     hashes[CODE_KEY] = code_sha256(PROJECT_ROOT)
     return RunPlan(name, seed, data, folder, tuple(arguments), hashes)
 

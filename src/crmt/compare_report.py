@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from crmt.robustness.figures import plot_accuracy_vs_radius
-from crmt.robustness.report import attack_columns
+from crmt.robustness.report import markdown_table
+from crmt.robustness.results import Certificate, RobustnessMetrics
+from crmt.robustness.threats import KIND_TITLES, Scope, Threat
 from crmt.statistics import (
     BootstrapResult,
     Statistic,
@@ -46,13 +48,13 @@ TEST_DESCRIPTION = (
 
 @dataclass(frozen=True)
 class SeedRun:
-    """One finished (experiment, seed) run: its folder, its report's ``metrics.json`` and
+    """One finished (experiment, seed) run: its folder, its report's ``metrics.json`` (typed) and
     ``per_sample.json``, and the wall time recorded in its ``run.json`` (None if not recorded)."""
 
     name: str
     seed: int
     folder: Path
-    metrics: dict
+    metrics: RobustnessMetrics
     per_sample: dict
     wall_seconds: float | None = None
 
@@ -60,7 +62,7 @@ class SeedRun:
 def load_run(name: str, seed: int, folder: Path) -> SeedRun:
     """Read a finished run folder."""
     folder = Path(folder)
-    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metrics = RobustnessMetrics.from_json(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
     per_sample = json.loads((folder / "per_sample.json").read_text(encoding="utf-8"))
     record_path = folder / "run.json"
     wall = None
@@ -139,28 +141,35 @@ def summarize(values: Sequence[float | None]) -> dict | None:
     return {"mean": mean, "std": std, "per_seed": [float(v) for v in values]}
 
 
-def accuracy_summary(runs: Mapping[str, Sequence[SeedRun]], modalities: Sequence[str]) -> dict[str, dict[str, dict | None]]:
-    """Per method and attack column of the paper's Table 2: accuracy mean, std and per-seed values."""
+def first_metrics(runs: Mapping[str, Sequence[SeedRun]]) -> RobustnessMetrics:
+    """The metrics of the first run of the first method: whose modalities and threats lay out the tables."""
+    return next(iter(runs.values()))[0].metrics
+
+
+def accuracy_summary(runs: Mapping[str, Sequence[SeedRun]], threats: Sequence[Threat]) -> dict[str, dict[str, dict | None]]:
+    """Per method and threat (keyed by its key; the columns of the paper's Table 2): accuracy mean,
+    std and per-seed values; None where a run lacks the threat."""
     return {
-        name: {key: summarize([run.metrics["accuracy"].get(key) for run in seed_runs]) for key, _ in attack_columns(modalities)}
+        name: {threat.key: summarize([run.metrics.accuracy.get(threat) for run in seed_runs]) for threat in threats}
         for name, seed_runs in runs.items()
     }
 
 
 def certificate_summary(
-    runs: Mapping[str, Sequence[SeedRun]], modalities: Sequence[str], section: str = "certified"
+    runs: Mapping[str, Sequence[SeedRun]], certificate: Callable[[RobustnessMetrics], Certificate | None]
 ) -> dict[str, dict]:
-    """Per method whose every run has ``section`` ("certified": the common protocol over the test
-    samples; "certified_model": CRMT's own training-set certificate): the Lipschitz source and the
-    mean radius (multi-modal and per modality) summarized over seeds."""
+    """Per method whose every run has a ``certificate`` (e.g. the common protocol's over the test
+    samples, or CRMT's own training-set one): the Lipschitz sources and the mean radius per scope
+    (keyed by its key: multi-modal and per modality) summarized over seeds."""
     summary = {}
     for name, seed_runs in runs.items():
-        sections = [run.metrics.get(section) for run in seed_runs]
-        if any(s is None or "multimodal" not in s for s in sections):
+        certificates = [certificate(run.metrics) for run in seed_runs]
+        if any(c is None for c in certificates):
             continue
+        scopes = list(certificates[0].radii)
         summary[name] = {
-            "lipschitz": sorted({str(s.get("lipschitz", "")) for s in sections}),
-            **{key: summarize([s[key]["mean"] for s in sections]) for key in ("multimodal", *modalities)},
+            "lipschitz": sorted({c.lipschitz for c in certificates}),
+            **{scope.key: summarize([c.radii[scope].mean for c in certificates]) for scope in scopes},
         }
     return summary
 
@@ -170,24 +179,18 @@ def mean_std_cell(summary: Mapping | None) -> str:
     return "-" if summary is None else f"{summary['mean']:.3f} ± {summary['std']:.3f}"
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table, the first column left-aligned and the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def accuracy_table(summary: Mapping[str, Mapping[str, dict | None]], modalities: Sequence[str]) -> str:
-    """Accuracy "mean ± std" over seeds, one row per method, the columns of the paper's Table 2."""
-    columns = attack_columns(modalities)
-    rows = [[name, *(mean_std_cell(cells.get(key)) for key, _ in columns)] for name, cells in summary.items()]
-    return markdown_table(["method", *(title for _, title in columns)], rows)
+def accuracy_table(summary: Mapping[str, Mapping[str, dict | None]], threats: Sequence[Threat]) -> str:
+    """Accuracy "mean ± std" over seeds, one row per method, a column per threat (the paper's Table 2)."""
+    rows = [[name, *(mean_std_cell(cells.get(threat.key)) for threat in threats)] for name, cells in summary.items()]
+    return markdown_table(["method", *(threat.title for threat in threats)], rows)
 
 
 def certificate_table(summary: Mapping[str, Mapping], modalities: Sequence[str]) -> str:
     """Mean certified radius "mean ± std" over seeds (multi-modal and per modality) and the Lipschitz source."""
     header = ["method", "mean radius", *(f"mean radius {m}" for m in modalities), "Lipschitz constants"]
+    scopes = Scope.every(modalities)
     rows = [
-        [name, *(mean_std_cell(cells[key]) for key in ("multimodal", *modalities)), "; ".join(cells["lipschitz"])]
+        [name, *(mean_std_cell(cells.get(scope.key)) for scope in scopes), "; ".join(cells["lipschitz"])]
         for name, cells in summary.items()
     ]
     return markdown_table(header, rows)
@@ -260,41 +263,54 @@ def _label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def paper_claims(outcomes: PairedOutcomes, modalities: Sequence[str], replicates: int = 10_000, seed: int = 0) -> list[Claim]:
-    """The paper's orderings among the methods present, each judged by the paired bootstrap:
+def claim_subject(threat: Threat) -> str:
+    """How an ordering names a threat: ``clean``, ``FGM``, ``PGD-l2``, ``uni-modal PGD-l2 on <m>``, ``<m> missing``."""
+    if threat.kind == "clean":
+        return "clean"
+    if threat.kind == "missing":
+        return f"{threat.attacked[0]} missing"
+    return threat.title if threat.scope.multimodal else f"uni-modal {KIND_TITLES[threat.kind]} on {threat.attacked[0]}"
+
+
+def paper_claims(outcomes: PairedOutcomes, threats: Sequence[Threat], replicates: int = 10_000, seed: int = 0) -> list[Claim]:
+    """The paper's orderings among the methods present, over the ``threats`` evaluated (Table-2
+    order), each judged by the paired bootstrap:
 
     - CRMT-JT (and CRMT-AT) above JT in clean, FGM and PGD accuracy, and under uni-modal PGD and
       with a modality missing, for each modality (the paper's Table 2);
     - CRMT-AT best under FGM and PGD: against every other method, holding only if it holds against all;
-    - the gap |acc(pgd_<m0>) - acc(pgd_<m1>)| between the two uni-modal PGDs smaller for CRMT-JT
-      (and CRMT-AT) than for JT.
+    - with two modalities, the gap |acc(pgd_<m0>) - acc(pgd_<m1>)| between the two uni-modal PGDs
+      smaller for CRMT-JT (and CRMT-AT) than for JT.
     """
     present = list(outcomes.correct)
     options = {"replicates": replicates, "seed": seed}
     claims = []
+    multimodal = [t for t in threats if t.kind in ("fgm", "pgd") and t.scope.multimodal]
+    unimodal_pgd = [t for t in threats if t.kind == "pgd" and not t.scope.multimodal]
+    judged = [t for t in threats if t.kind in ("clean", "missing") or t in multimodal or t in unimodal_pgd]
     for a in ("crmt_jt", "crmt_at"):
         if a in present and "jt" in present:
-            columns = [("clean", "clean"), ("fgm", "FGM"), ("pgd", "PGD-l2")]
-            columns += [(f"pgd_{m}", f"uni-modal PGD-l2 on {m}") for m in modalities]
-            columns += [(f"missing_{m}", f"{m} missing") for m in modalities]
-            for key, title in columns:
-                comparison = judge(outcomes, a, "jt", [key], mean_accuracy, f"accuracy {key}", **options)
-                claims.append(Claim(f"{_label(a)} above JT, {title}", (comparison,)))
+            for threat in judged:
+                comparison = judge(outcomes, a, "jt", [threat.key], mean_accuracy, f"accuracy {threat.key}", **options)
+                claims.append(Claim(f"{_label(a)} above JT, {claim_subject(threat)}", (comparison,)))
     rivals = [name for name in present if name != "crmt_at"]
     if "crmt_at" in present and rivals:
-        for key, title in (("fgm", "FGM"), ("pgd", "PGD-l2")):
+        for threat in multimodal:
             comparisons = tuple(
-                judge(outcomes, "crmt_at", rival, [key], mean_accuracy, f"accuracy {key}", **options) for rival in rivals
+                judge(outcomes, "crmt_at", rival, [threat.key], mean_accuracy, f"accuracy {threat.key}", **options)
+                for rival in rivals
             )
-            claims.append(Claim(f"CRMT-AT best under {title}", comparisons))
-    if len(modalities) == 2:
-        keys = [f"pgd_{m}" for m in modalities]
+            claims.append(Claim(f"CRMT-AT best under {threat.title}", comparisons))
+    if len(unimodal_pgd) == 2:
+        first, second = unimodal_pgd
+        keys = [first.key, second.key]
         gap = absolute_gap(*keys)
         for a in ("crmt_jt", "crmt_at"):
             if a in present and "jt" in present:
                 comparison = judge(outcomes, a, "jt", keys, gap, gap.__name__, higher_is_better=False, **options)
                 claims.append(Claim(
-                    f"gap between uni-modal PGD on {modalities[0]} and on {modalities[1]} smaller for {_label(a)} than JT",
+                    f"gap between uni-modal PGD on {first.attacked[0]} and on {second.attacked[0]} smaller for "
+                    f"{_label(a)} than JT",
                     (comparison,),
                 ))
     return claims
@@ -323,19 +339,19 @@ def claim_lines(claim: Claim) -> list[str]:
     return lines + [f"  - against {c.b}: {comparison_line(c)}" for c in claim.comparisons]
 
 
-def averaged_curves(runs: Mapping[str, Sequence[SeedRun]], key: str = "multimodal") -> tuple[list[float], dict[str, list[float]]]:
-    """The radii and, per method of the ablation present, its accuracy-vs-radius curve averaged over seeds."""
+def averaged_curves(runs: Mapping[str, Sequence[SeedRun]]) -> tuple[list[float], dict[str, list[float]]]:
+    """The radii and, per method of the ablation present, its multi-modal accuracy-vs-radius curve averaged over seeds."""
     curves, radii = {}, None
     for name in ABLATION:
         if name not in runs:
             continue
-        seed_curves = [run.metrics["curves"] for run in runs[name]]
+        seed_curves = [run.metrics.curves for run in runs[name]]
         for curve in seed_curves:
             if radii is None:
-                radii = list(curve["radii"])
-            elif list(curve["radii"]) != radii:
-                raise ValueError(f"{name}: curve radii {curve['radii']} differ from {radii}")
-        curves[name] = np.mean([c[key] for c in seed_curves], axis=0).tolist()
+                radii = list(curve.radii)
+            elif list(curve.radii) != radii:
+                raise ValueError(f"{name}: curve radii {curve.radii} differ from {radii}")
+        curves[name] = np.mean([c.multimodal for c in seed_curves], axis=0).tolist()
     return radii or [], curves
 
 
@@ -360,20 +376,20 @@ def comparison_results(
 ) -> tuple[dict, list[Claim]]:
     """Every number of the comparison (the content of ``compare.json``: seeds, clip count, accuracy
     and radii summaries (mean, std, per seed), the judged claims, the wall times) and the claims."""
-    first = next(iter(runs.values()))[0]
-    modalities = list(first.metrics["modalities"])
+    first = first_metrics(runs)
     outcomes = pair_outcomes(runs)
-    claims = paper_claims(outcomes, modalities, replicates, seed)
+    claims = paper_claims(outcomes, first.threats, replicates, seed)
     return {
         "experiments": list(runs),
         "data": data,
         "seeds": outcomes.seeds,
         "test_clips": outcomes.clips,
-        "modalities": modalities,
+        "modalities": list(first.modalities),
+        "threats": [threat.to_json() for threat in first.threats],
         "bootstrap": {"replicates": replicates, "confidence": 0.95, "generator_seed": seed, "test": TEST_DESCRIPTION},
-        "accuracy": accuracy_summary(runs, modalities),
-        "certified": certificate_summary(runs, modalities, "certified"),
-        "certified_model": certificate_summary(runs, modalities, "certified_model"),
+        "accuracy": accuracy_summary(runs, first.threats),
+        "certified": certificate_summary(runs, lambda metrics: metrics.certified),
+        "certified_model": certificate_summary(runs, lambda metrics: metrics.certified_model),
         "claims": [claim.as_dict() for claim in claims],
         "wall_seconds": {name: {str(run.seed): run.wall_seconds for run in seed_runs} for name, seed_runs in runs.items()},
         "total_wall_seconds": sum(run.wall_seconds or 0.0 for seed_runs in runs.values() for run in seed_runs),
@@ -382,8 +398,9 @@ def comparison_results(
 
 def render_markdown(results: Mapping, claims: Sequence[Claim], ablation: Path | None, elapsed: float | None,
                     runs: Mapping[str, Sequence[SeedRun]]) -> str:
-    """``compare.md`` from :func:`comparison_results`."""
-    modalities = results["modalities"]
+    """``compare.md`` from :func:`comparison_results`; the tables' columns are the first run's threats and modalities."""
+    first = first_metrics(runs)
+    modalities = first.modalities
     seeds = results["seeds"]
     data = f"experiments/data/{results['data']}.yaml" if results["data"] else "as in each experiment's config"
     parts = [
@@ -395,7 +412,7 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], ablation: Path | 
         "",
         "## Accuracy (Tables 1 and 2 layout)",
         "",
-        accuracy_table(results["accuracy"], modalities),
+        accuracy_table(results["accuracy"], first.threats),
         "",
         "## Certified radii",
         "",

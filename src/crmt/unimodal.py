@@ -2,7 +2,7 @@
 
 A uni-modal model per modality (the same ResNet18 encoder as the multi-modal strategies, a
 linear classifier, Adam with JT's learning rate and epochs) is trained on the data of
-``experiments/defaults.yaml`` overridden by ``experiments/data/<NAME>.yaml``, once per seed,
+``experiments/data/<NAME>.yaml`` (default: the embedded data), once per seed,
 and tested on the test split. It says how much each modality alone can tell, which is what
 a jointly trained model's missing-modality accuracies should be read against: a modality
 that is informative alone but useless to the joint model is under-used (the paper's
@@ -12,7 +12,6 @@ modality imbalance).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 from collections.abc import Sequence
@@ -20,28 +19,23 @@ from pathlib import Path
 
 import torch
 import yaml
+from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch import LightningDataModule, seed_everything
 from torch import nn
 
+from crmt.experiments import DEFAULT_DATA, data_config
 from crmt.models.encoders import build_encoder
-
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def load_data_module(data: str | None, **overrides) -> LightningDataModule:
-    """The data module of ``defaults.yaml``, with the init_args of ``experiments/data/<data>.yaml`` and ``overrides``."""
-    config = yaml.safe_load((EXPERIMENTS_DIR / "defaults.yaml").read_text(encoding="utf-8"))["data"]
-    if data is not None:
-        path = EXPERIMENTS_DIR / "data" / f"{data}.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(f"data config {data!r}: {path} does not exist")
-        override = yaml.safe_load(path.read_text(encoding="utf-8"))["data"]
-        config = {"class_path": override.get("class_path", config["class_path"]),
-                  "init_args": {**config.get("init_args", {}), **override.get("init_args", {})}}
-    module_name, class_name = config["class_path"].rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**{**config.get("init_args", {}), **overrides})
+    """The data module of ``experiments/data/<data>.yaml`` (default: the embedded data) with ``overrides``
+    of its init_args, typed as the training command line types it (``clip`` becomes its dataclass)."""
+    config = yaml.safe_load(data_config(data or DEFAULT_DATA).read_text(encoding="utf-8"))["data"]
+    config = {**config, "init_args": {**(config.get("init_args") or {}), **overrides}}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    return parser.instantiate_classes(parser.parse_object({"data": config})).data
 
 
 def train_unimodal(

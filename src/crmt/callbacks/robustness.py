@@ -15,11 +15,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from crmt.models.protocol import MultiModalModel
+from crmt.reproducibility import run_context
 from crmt.robustness.attacks import pixel_ranges_for
 from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessResults, RobustnessSettings
 from crmt.robustness.figures import plot_eta_ratio_heatmap
-from crmt.robustness.report import ReportFiles, attack_columns, write_report
-from crmt.reproducibility import run_context
+from crmt.robustness.report import ReportFiles, write_report
+from crmt.robustness.results import RobustnessMetrics
 
 
 def run_folder(trainer: Trainer) -> Path:
@@ -30,7 +32,7 @@ def run_folder(trainer: Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def _evaluator(trainer: Trainer, pl_module: LightningModule, settings: RobustnessSettings) -> RobustnessEvaluator:
+def _evaluator(trainer: Trainer, pl_module: MultiModalModel, settings: RobustnessSettings) -> RobustnessEvaluator:
     normalization = getattr(trainer.datamodule, "pixel_normalization", None) if trainer.datamodule else None
     return RobustnessEvaluator(pl_module, settings, pixel_ranges_for(pl_module.modalities, normalization))
 
@@ -43,25 +45,27 @@ def _finalize(evaluator: RobustnessEvaluator, trainer: Trainer, pl_module: Light
     )
 
 
-def scalar_metrics(results: RobustnessResults, prefix: str) -> dict[str, float]:
+def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
     """Flat scalars of an evaluation: attack accuracies, radius mean/median, eta log-ratio, audit rate."""
-    metrics = results.metrics()
-    scalars = {f"{prefix}/acc_{key}": value for key, value in metrics["accuracy"].items()}
-    for section, name in (("certified", "radius"), ("certified_model", "model_radius"), ("certified_sound", "sound_radius")):
-        certified = metrics.get(section, {})
-        for key in ("multimodal", *results.modalities):
-            if key in certified:
-                suffix = "" if key == "multimodal" else f"_{key}"
-                scalars[f"{prefix}/{name}_mean{suffix}"] = certified[key]["mean"]
-                scalars[f"{prefix}/{name}_median{suffix}"] = certified[key]["median"]
-    if metrics.get("eta_ratio", {}).get("mean_log_ratio") is not None:
-        scalars[f"{prefix}/eta_log_ratio_mean"] = metrics["eta_ratio"]["mean_log_ratio"]
-    if metrics.get("audit", {}).get("eligible"):
-        scalars[f"{prefix}/audit_violation_rate"] = metrics["audit"]["violation_rate"]
+    scalars = {f"{prefix}/acc_{threat.key}": value for threat, value in metrics.accuracy.items()}
+    certificates = (("radius", metrics.certified), ("model_radius", metrics.certified_model),
+                    ("sound_radius", metrics.certified_sound))
+    for name, certificate in certificates:
+        if certificate is None:
+            continue
+        for scope, summary in certificate.radii.items():
+            scalars[f"{prefix}/{name}_mean{scope.suffix}"] = summary.mean
+            scalars[f"{prefix}/{name}_median{scope.suffix}"] = summary.median
+    if metrics.eta_ratio is not None and metrics.eta_ratio.mean_log_ratio is not None:
+        scalars[f"{prefix}/eta_log_ratio_mean"] = metrics.eta_ratio.mean_log_ratio
+    if metrics.audit is not None and metrics.audit.eligible:
+        scalars[f"{prefix}/audit_violation_rate"] = metrics.audit.violation_rate
     return scalars
 
 
-def _log_media(trainer: Trainer, results: RobustnessResults, prefix: str, images: dict[str, Path]) -> None:
+def _log_media(
+    trainer: Trainer, results: RobustnessResults, metrics: RobustnessMetrics, prefix: str, images: dict[str, Path]
+) -> None:
     """Images, radius histograms and the accuracy table to W&B (rank zero, WandbLogger only)."""
     logger = trainer.logger
     if not isinstance(logger, WandbLogger) or not trainer.is_global_zero:
@@ -70,18 +74,16 @@ def _log_media(trainer: Trainer, results: RobustnessResults, prefix: str, images
 
     for key, path in images.items():
         logger.log_image(key=f"{prefix}/{key}", images=[str(path)], step=trainer.global_step)
-    histograms = {
-        f"{prefix}/{key}_hist": wandb.Histogram(results.records[key].float().cpu().numpy())
-        for key in ("radius", *(f"radius_{m}" for m in results.modalities))
-        if key in results.records
-    }
-    if histograms:
+    if results.certified is not None:
+        histograms = {
+            f"{prefix}/radius{scope.suffix}_hist": wandb.Histogram(radius.float().cpu().numpy())
+            for scope, radius in results.certified.radii.items()
+        }
         logger.experiment.log({**histograms, "trainer/global_step": trainer.global_step})
-    columns = attack_columns(results.modalities)
     logger.log_table(
         key=f"{prefix}/accuracy",
-        columns=["epoch", *(title for _, title in columns)],
-        data=[[trainer.current_epoch, *(results.accuracy(key) for key, _ in columns)]],
+        columns=["epoch", *(threat.title for threat in metrics.threats)],
+        data=[[trainer.current_epoch, *metrics.accuracy.values()]],
         step=trainer.global_step,
     )
 
@@ -90,7 +92,8 @@ class RobustnessMonitor(Callback):
     """Every ``every_n_epochs`` validation epochs, attacks and certifies the first ``num_samples``
     validation samples of each rank and logs, under ``robust/``: attack accuracies, certified
     radius mean/median (multi-modal and per modality) with histograms, and the eta ratio
-    ``eta^(m0)/eta^(m1)`` per class pair as a K x K heatmap plus its mean log-ratio.
+    ``eta^(m0)/eta^(m1)`` (modality 0 over modality 1) per class pair as a K x K heatmap plus its
+    mean log-ratio.
 
     Args:
         every_n_epochs: evaluate after validation epochs ``n - 1, 2n - 1, ...``.
@@ -135,17 +138,14 @@ class RobustnessMonitor(Callback):
             evaluator.update(inputs, labels)
         self.stored = []
         self.results = results = _finalize(evaluator, trainer, pl_module)
-        for name, value in scalar_metrics(results, "robust").items():
+        metrics = results.metrics()
+        for name, value in scalar_metrics(metrics, "robust").items():
             pl_module.log(name, value, rank_zero_only=True)
         images = {}
-        ratio = results.eta_ratio()
-        if ratio is not None and trainer.is_global_zero and isinstance(trainer.logger, WandbLogger):
-            pair = f"{results.modalities[0]}/{results.modalities[1]}"
-            folder = run_folder(trainer) / "monitor"
-            images["eta_ratio_heatmap"] = plot_eta_ratio_heatmap(
-                ratio.cpu().numpy(), pair, folder / f"eta_ratio_epoch{trainer.current_epoch}.png"
-            )
-        _log_media(trainer, results, "robust", images)
+        if metrics.eta_ratio is not None and trainer.is_global_zero and isinstance(trainer.logger, WandbLogger):
+            path = run_folder(trainer) / "monitor" / f"eta_ratio_epoch{trainer.current_epoch}.png"
+            images["eta_ratio_heatmap"] = plot_eta_ratio_heatmap(metrics.eta_ratio, path)
+        _log_media(trainer, results, metrics, "robust", images)
 
 
 class RobustnessReport(Callback):
@@ -189,9 +189,10 @@ class RobustnessReport(Callback):
         context = {**run_context(trainer), "skipped_clips": getattr(trainer.datamodule, "skipped_clips", [])}
         self.files = files = write_report(results, folder, name, context)
         rank_zero_info(files.markdown.read_text(encoding="utf-8") + f"\nReport files: {folder}")
+        metrics = results.metrics()
         if trainer.logger is not None:
-            trainer.logger.log_metrics(scalar_metrics(results, "report"), step=trainer.global_step)
-        _log_media(trainer, results, "report", files.images())
+            trainer.logger.log_metrics(scalar_metrics(metrics, "report"), step=trainer.global_step)
+        _log_media(trainer, results, metrics, "report", files.images())
 
 
 def _run_name(trainer: Trainer, pl_module: LightningModule) -> str:

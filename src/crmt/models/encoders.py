@@ -8,10 +8,13 @@ from the shape of one input: (C, F, T) is a spectrogram, (C, T, H, W) a stack of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from crmt.models.layer_bounds import ConvInputSizes, conv_bn_bound, max_pool_bound
 
 
 class BasicBlock(nn.Module):
@@ -33,6 +36,14 @@ class BasicBlock(nn.Module):
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return torch.relu(out + self.shortcut(x))
+
+    def lipschitz_upper_bound(self, sizes: ConvInputSizes) -> float:
+        """Lip(branch) + Lip(shortcut) at the convolution input sizes recorded in ``sizes``."""
+        branch = conv_bn_bound(self.conv1, self.bn1, sizes) * conv_bn_bound(self.conv2, self.bn2, sizes)
+        if isinstance(self.shortcut, nn.Identity):
+            return branch + 1.0
+        conv, norm = self.shortcut[0], self.shortcut[1]
+        return branch + conv_bn_bound(conv, norm, sizes)
 
 
 class ResNet18Trunk(nn.Module):
@@ -63,6 +74,16 @@ class ResNet18Trunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
+    def lipschitz_upper_bound(self, frame_shape: Sequence[int]) -> tuple[float, tuple[int, ...]]:
+        """Upper bound of the trunk's Lipschitz constant on inputs (C, H, W), and its output shape (1, C', h, w)."""
+        sizes = ConvInputSizes(self, torch.zeros(1, *frame_shape, device=next(self.parameters()).device))
+        conv, norm, _, pool = self.stem
+        bound = conv_bn_bound(conv, norm, sizes) * max_pool_bound(pool)
+        for stage in self.stages:
+            for block in stage:
+                bound *= block.lipschitz_upper_bound(sizes)
+        return bound, sizes.output_shape
+
 
 class SpectrogramEncoder(nn.Module):
     """Spectrogram encoder: (B, C, F, T_a) -> (B, 8 * width), global average pooled."""
@@ -74,6 +95,12 @@ class SpectrogramEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x).mean(dim=(2, 3))
+
+    def lipschitz_upper_bound(self, input_shape: Sequence[int]) -> float:
+        """Upper bound of the l2 Lipschitz constant on inputs (C, F, T_a): the trunk's, times
+        1 / sqrt(n) of the average pooling over its n output positions (batch norm in eval mode)."""
+        bound, output_shape = self.trunk.lipschitz_upper_bound(input_shape)
+        return bound / math.sqrt(output_shape[2] * output_shape[3])
 
 
 class FrameEncoder(nn.Module):
@@ -89,6 +116,13 @@ class FrameEncoder(nn.Module):
         per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
         features = self.trunk(per_frame)
         return features.reshape(batch, frames, features.shape[1], -1).mean(dim=(1, 3))
+
+    def lipschitz_upper_bound(self, input_shape: Sequence[int]) -> float:
+        """Upper bound of the l2 Lipschitz constant on inputs (C, T, H, W): the per-frame trunk's, times
+        1 / sqrt(n) of the average pooling over its n outputs (T frames x positions; batch norm in eval mode)."""
+        channels, frames, height, width = input_shape
+        bound, output_shape = self.trunk.lipschitz_upper_bound((channels, height, width))
+        return bound / math.sqrt(frames * output_shape[2] * output_shape[3])
 
 
 def build_encoder(input_shape: Sequence[int], width: int = 64) -> SpectrogramEncoder | FrameEncoder:

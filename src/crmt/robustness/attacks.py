@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from crmt.models.protocol import MultiModalModel
 from crmt.robustness.modes import eval_mode, input_gradients
 
 def _safe_norm(norm: torch.Tensor) -> torch.Tensor:
@@ -91,7 +92,7 @@ class PartialModel:
 
     def __init__(
         self,
-        model,
+        model: MultiModalModel,
         inputs: Sequence[torch.Tensor],
         attacked: torch.Tensor,
         features: Sequence[torch.Tensor] | None = None,
@@ -174,7 +175,7 @@ class L2PGD:
 
     def __call__(
         self,
-        model,
+        model: MultiModalModel,
         inputs: Sequence[torch.Tensor],
         labels: torch.Tensor,
         pixel_ranges: PixelRanges | None = None,
@@ -293,7 +294,7 @@ class CleanPass(NamedTuple):
     features: list[torch.Tensor]
 
 
-def clean_pass(model, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> CleanPass:
+def clean_pass(model: MultiModalModel, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> CleanPass:
     """Logits, input gradients and features at the clean inputs, from one forward and one backward.
 
     Each sample's gradient is exact up to a positive factor (see :func:`ascent_direction`), which
@@ -344,7 +345,7 @@ def missing_modality(inputs: Sequence[torch.Tensor], modality: int, fill: float 
     return result
 
 
-def predict(model, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+def predict(model: MultiModalModel, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """Predicted classes (B,) in evaluation mode, without gradients."""
     with torch.inference_mode(False), torch.no_grad(), eval_mode(model):
         return model([x.clone() for x in inputs]).logits.argmax(dim=1)

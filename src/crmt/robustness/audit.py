@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
+from crmt.models.protocol import MultiModalModel
 from crmt.robustness.attacks import L2PGD, PixelRanges, predict, rescaled
 
 
 def audit_radii(
-    model,
+    model: MultiModalModel,
     inputs: Sequence[torch.Tensor],
     labels: torch.Tensor,
     radius: torch.Tensor,

@@ -2,10 +2,13 @@
 
 - :class:`LipschitzEstimator`: the paper's empirical estimate, the largest input-gradient
   norm over a data set (method.md §4), accumulated batch by batch and reducible across
-  ranks. Orthogonal head: tau~_k^(m) per class; JT head: the norm of the gradient of each
-  class-pair margin (eta_j^(m) of method.md §1).
+  ranks; the one estimator of the project: CRMT's phase switch estimates tau~ over the training
+  set with it (:meth:`LipschitzEstimator.scores`), and the robustness evaluation over the
+  evaluated samples (:meth:`LipschitzEstimator.clean_pass`). Orthogonal head: tau~_k^(m) per
+  class; JT head: the norm of the gradient of each class-pair margin (eta_j^(m) of method.md §1).
 - :func:`sound_pair_lipschitz`: an upper bound built from each encoder's Lipschitz upper
-  bound (:mod:`crmt.robustness.sound`) and the exact norms of the head's row differences.
+  bound (``lipschitz_upper_bound`` of :mod:`crmt.models.encoders`) and the exact norms of the
+  head's row differences.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from crmt.models.protocol import CertifiableModel, is_certifiable
 from crmt.robustness.attacks import CleanPass, ascent_direction
 from crmt.robustness.certify import linear_pair_lipschitz, orthogonal_pair_lipschitz
-from crmt.robustness.lipschitz import score_input_gradients
+from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms, score_input_gradients
 from crmt.robustness.modes import eval_mode, input_gradients
 
 
-def score_function(model, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def score_function(model: CertifiableModel, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """x^(m) (B, ...) -> s^(m) = W^(m) phi^(m)(x^(m)) (B, K), with the head's weights detached."""
     weight = model.head.modality_weights()[m].detach()
 
@@ -30,9 +34,9 @@ def score_function(model, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return score
 
 
-def require_certifiable(model) -> None:
+def require_certifiable(model: object) -> None:
     """Raise a clear error for a model whose logits are not linear in each modality's features."""
-    if not getattr(model, "certifiable", False):
+    if not is_certifiable(model):
         raise ValueError(
             f"{type(model).__name__} is not certifiable: its logits are not a sum of per-modality linear "
             "scores, so the bounds of method.md §1-§2 do not apply"
@@ -44,18 +48,35 @@ class LipschitzEstimator:
 
     ``raw`` is (M, K) tau per class for heads with ``per_class_certificate`` (orthogonal head)
     and (M, K, K) per class pair otherwise (JT head). Only input gradients are computed, in
-    evaluation mode.
+    evaluation mode. ``method`` chooses how :meth:`scores` takes the K per-class gradients
+    (see :func:`~crmt.robustness.lipschitz.score_gradient_norms`).
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: CertifiableModel, method: GradientMethod = "loop") -> None:
         require_certifiable(model)
         self.model = model
-        self.per_class = bool(getattr(model.head, "per_class_certificate", False))
+        self.method = method
+        self.per_class = bool(model.head.per_class_certificate)
         num_modalities, num_classes = len(model.modalities), model.num_classes
         shape = (num_modalities, num_classes) if self.per_class else (num_modalities, num_classes, num_classes)
         with torch.inference_mode(False):  # updated in place later, also from Lightning's eval loops
             self.raw = torch.zeros(shape, device=model.device)
         self.samples = 0
+
+    def scores(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Fold in one batch (``inputs`` in the model's modality order) and return its uni-modal
+        scores s^(m) (M, B, K), for a per-class head (CRMT's tau~ over the training set, method.md §3):
+        only the gradient norms are taken, never the K gradients at once.
+        """
+        self._require_per_class()
+        scores = []
+        with eval_mode(self.model):
+            for m, x in enumerate(inputs):
+                modality_scores, norms = score_gradient_norms(score_function(self.model, m), x, self.method)
+                self.raw[m] = torch.maximum(self.raw[m], norms.max(dim=0).values)
+                scores.append(modality_scores)
+        self.samples += int(inputs[0].shape[0])
+        return torch.stack(scores)
 
     def update(self, inputs: Sequence[torch.Tensor]) -> None:
         """Fold in one batch: ``inputs`` in the model's modality order."""
@@ -110,16 +131,26 @@ class LipschitzEstimator:
         self.raw[m] = torch.maximum(self.raw[m], pairs.max(dim=0).values)
         return gradients, torch.ones_like(integration)
 
+    def class_lipschitz(self, reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """tau~ (M, K) of a per-class head: ``raw``, max-reduced across ranks by ``reduce_max`` if given."""
+        self._require_per_class()
+        return reduce_max(self.raw) if reduce_max is not None else self.raw
+
+    def _require_per_class(self) -> None:
+        if not self.per_class:
+            head = type(self.model.head).__name__
+            raise ValueError(f"{head} has no per-class Lipschitz constants (its table is per class pair)")
+
     def pair_lipschitz(self, reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The (M, K, K) table; ``reduce_max`` max-reduces the raw estimate across ranks first."""
-        raw = reduce_max(self.raw) if reduce_max is not None else self.raw
         if self.per_class:
-            return orthogonal_pair_lipschitz(self.model.head.integration_weights().detach(), raw)
-        return raw
+            integration = self.model.head.integration_weights().detach()
+            return orthogonal_pair_lipschitz(integration, self.class_lipschitz(reduce_max))
+        return reduce_max(self.raw) if reduce_max is not None else self.raw
 
 
 @torch.no_grad()
-def sound_pair_lipschitz(model) -> torch.Tensor:
+def sound_pair_lipschitz(model: CertifiableModel) -> torch.Tensor:
     """Upper bounds L[m, y, j] = Lip(phi^(m)) * ||A_y^(m) W_y^(m) - A_j^(m) W_j^(m)||_2: (M, K, K).
 
     Radii computed from it can never be beaten by any perturbation of that size.

@@ -15,7 +15,7 @@ For a perturbation (delta^(1), ..., delta^(M)) the margin moves by at most
 multi-modal radius ``min_j (h_y - h_j) / sqrt(sum_m L^2)`` and the uni-modal radius of
 modality m ``min_j (h_y - h_j) / L[m, y, j]`` (Proposition 3.4). Radii are 0 for a
 misclassified sample. With estimated Lipschitz constants (max gradient norms) they are
-*estimated* certified radii; with upper bounds (:mod:`crmt.robustness.sound`) they hold.
+*estimated* certified radii; with upper bounds (:func:`~crmt.robustness.certificates.sound_pair_lipschitz`) they hold.
 """
 
 from __future__ import annotations

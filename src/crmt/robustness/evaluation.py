@@ -11,21 +11,23 @@ run only the attacked encoder; the other modalities' features are computed once.
 continue from the table's attacks (see ``_BatchAttacks.curves``) and the radius audit from the
 multi-modal PGD's examples.
 
-Only correctly classified samples are attacked. Records (per sample): ``label``, ``logits``
-(K,), ``index`` (the dataset index, when the batches carry one), and one bool per attack, True where the attacked sample is still classified correctly: ``clean``, ``fgm``, ``pgd`` (multi-modal),
-``fgm_<m>``, ``pgd_<m>`` (uni-modal on modality <m>), ``missing_<m>``, and the accuracy
-curves ``curve_multimodal`` / ``curve_<m>`` (R,) over ``curve_radii``.
+Only correctly classified samples are attacked. Records (per sample, see :class:`BatchRecords`):
+the label, the clean logits (K,), the dataset index (when the batches carry one), one bool per
+:class:`~crmt.robustness.threats.Threat` of the paper's Table 2, True where the attacked sample is
+still classified correctly, and the accuracy curve (R,) over ``curve_radii`` per
+:class:`~crmt.robustness.threats.Scope` (multi-modal, each modality).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 
 from crmt.distributed import AllGather, gather_rows
+from crmt.models.protocol import CertifiableModel, MultiModalModel, is_certifiable
 from crmt.robustness.attacks import (
     FGM,
     L2PGD,
@@ -37,66 +39,20 @@ from crmt.robustness.attacks import (
 )
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
-from crmt.robustness.certify import certified_accuracy, certified_radius, unimodal_radius
+from crmt.robustness.certify import certified_radius, unimodal_radius
 from crmt.robustness.modes import eval_mode
+from crmt.robustness.results import (
+    AccuracyCurves,
+    AuditCounts,
+    Certificate,
+    EtaRatio,
+    RadiusSummary,
+    RobustnessMetrics,
+)
+from crmt.robustness.settings import RobustnessSettings
+from crmt.robustness.threats import Scope, Threat
 
 ReduceMax = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class RobustnessSettings:
-    """What to evaluate; defaults follow the paper's protocol (method.md §5, baselines.md §10).
-
-    Attributes:
-        multimodal_eps: joint l2 budget of the multi-modal FGM and PGD (0.5).
-        unimodal_eps: l2 budget of the uni-modal FGM and PGD (1.0).
-        steps / step_fraction / random_start: PGD settings (4 steps of eps / 3, no random start).
-        missing_fill: value of a missing modality's normalised input (0: the data mean).
-        curve_radii: increasing budgets of the accuracy-vs-radius curves (PGD continued across the
-            radii from the table's attack, multi-modal and per modality; see ``_BatchAttacks.curves``).
-        curve_steps: PGD steps at each curve radius other than the table's budget.
-        certify: compute estimated certified radii (needs a certifiable model).
-        sound_certificate: also compute radii from sound Lipschitz upper bounds.
-        audit_samples: how many samples (per rank) the radius audit attacks; 0 turns it off.
-        audit_steps / audit_fraction: PGD steps and budget (fraction of the radius) of the audit,
-            which starts from the multi-modal table attack's example rescaled to that budget.
-        audit_sound: audit the sound radii too (they must show no violation).
-        radius_grid: radii at which certified accuracy is reported.
-        seed: seeds random starts.
-    """
-
-    multimodal_eps: float = 0.5
-    unimodal_eps: float = 1.0
-    steps: int = 4
-    step_fraction: float = 1 / 3
-    random_start: bool = False
-    missing_fill: float = 0.0
-    curve_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
-    curve_steps: int = 1
-    certify: bool = True
-    sound_certificate: bool = True
-    audit_samples: int = 256
-    audit_steps: int = 5
-    audit_fraction: float = 0.99
-    audit_sound: bool = False
-    radius_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("multimodal_eps", "unimodal_eps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if min(self.steps, self.audit_steps, self.curve_steps) < 1:
-            raise ValueError(
-                f"steps, audit_steps and curve_steps must be >= 1, got {self.steps}, {self.audit_steps}, {self.curve_steps}"
-            )
-        if any(r <= 0 for r in self.curve_radii) or list(self.curve_radii) != sorted(set(self.curve_radii)):
-            raise ValueError(f"curve_radii must be positive and increasing, got {self.curve_radii}")
-        if self.audit_samples < 0:
-            raise ValueError(f"audit_samples must be >= 0, got {self.audit_samples}")
-
-    def pgd(self, eps: float, modalities: Sequence[int] | None = None, steps: int | None = None) -> L2PGD:
-        return L2PGD(eps, steps or self.steps, self.step_fraction, self.random_start, modalities)
 
 
 class _Attack(NamedTuple):
@@ -126,7 +82,16 @@ class _BatchAttacks:
     that every encoder runs once per step on all the samples that need it.
     """
 
-    def __init__(self, model, inputs, labels, settings, pixel_ranges, generator, estimator) -> None:
+    def __init__(
+        self,
+        model: MultiModalModel,
+        inputs: Sequence[torch.Tensor],
+        labels: torch.Tensor,
+        settings: RobustnessSettings,
+        pixel_ranges: PixelRanges | None,
+        generator: torch.Generator | None,
+        estimator: LipschitzEstimator | None,
+    ) -> None:
         self.model, self.settings, self.pixel_ranges, self.generator = model, settings, pixel_ranges, generator
         clean = estimator.clean_pass(inputs, labels) if estimator is not None else clean_pass(model, inputs, labels)
         self.logits, self.gradients, self.features = clean
@@ -262,17 +227,28 @@ class _CurveSide:
         return self.correct
 
 
-class BatchEvaluation(NamedTuple):
-    """What :func:`evaluate_batch` returns: the per-sample ``records`` (see the module docstring)
-    and ``adversarial``, the multi-modal table PGD's examples (one (B, ...) tensor per modality;
-    the clean inputs where a sample was not attacked), from which the radius audit starts."""
+class BatchRecords(NamedTuple):
+    """Per-sample outcomes of one batch: ``labels`` (B,), clean ``logits`` (B, K), ``correct`` (B,) bool
+    per threat in the column order of the paper's Table 2 (True where the attacked sample is still
+    classified correctly), and ``curves`` (B, R) bool per scope, the same over ``curve_radii``."""
 
-    records: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    logits: torch.Tensor
+    correct: dict[Threat, torch.Tensor]
+    curves: dict[Scope, torch.Tensor]
+
+
+class BatchEvaluation(NamedTuple):
+    """What :func:`evaluate_batch` returns: the per-sample ``records`` and ``adversarial``, the
+    multi-modal table PGD's examples (one (B, ...) tensor per modality; the clean inputs where a
+    sample was not attacked), from which the radius audit starts."""
+
+    records: BatchRecords
     adversarial: list[torch.Tensor]
 
 
 def evaluate_batch(
-    model,
+    model: MultiModalModel,
     inputs: Sequence[torch.Tensor],
     labels: torch.Tensor,
     settings: RobustnessSettings,
@@ -287,124 +263,172 @@ def evaluate_batch(
     can be updated in place and differentiated.
     """
     with torch.inference_mode(False):
-        return _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator, estimator)
+        batch = _BatchAttacks(model, inputs, labels, settings, pixel_ranges, generator, estimator)
+        modalities = list(model.modalities)
+        scopes = Scope.every(modalities)
+        tables = [([modalities.index(name) for name in scope.modalities], settings.budget(scope)) for scope in scopes]
+        clean_attacks = [_Attack(attacked, batch.clean, eps) for attacked, eps in tables]
+        fgm = batch.run(FGM(), clean_attacks)
+        pgd = batch.run(settings.pgd(settings.multimodal_eps), clean_attacks)
+        missing = batch.missing()
+        curves = batch.curves([(attacked, eps, outcome) for (attacked, eps), outcome in zip(tables, pgd, strict=True)])
+        correct_by_kind = {
+            "fgm": {scope: outcome.correct for scope, outcome in zip(scopes, fgm, strict=True)},
+            "pgd": {scope: outcome.correct for scope, outcome in zip(scopes, pgd, strict=True)},
+            "missing": dict(zip(scopes[1:], missing, strict=True)),
+        }
+        correct = {
+            threat: batch.clean if threat.kind == "clean" else correct_by_kind[threat.kind][threat.scope]
+            for threat in settings.threats(modalities)
+        }
+        records = BatchRecords(batch.labels, batch.logits, correct, dict(zip(scopes, curves, strict=True)))
+        return BatchEvaluation(records, pgd[0].adversarial)
 
 
-def _evaluate_batch(model, inputs, labels, settings, pixel_ranges, generator, estimator) -> BatchEvaluation:
-    batch = _BatchAttacks(model, inputs, labels, settings, pixel_ranges, generator, estimator)
-    suffixes = ["", *(f"_{name}" for name in model.modalities)]
-    tables = [(list(range(len(inputs))), settings.multimodal_eps)] + [([m], settings.unimodal_eps) for m in range(len(inputs))]
-    clean_attacks = [_Attack(attacked, batch.clean, eps) for attacked, eps in tables]
-    fgm = batch.run(FGM(), clean_attacks)
-    pgd = batch.run(settings.pgd(settings.multimodal_eps), clean_attacks)
-    missing = batch.missing()
-    curves = batch.curves([(attacked, eps, outcome) for (attacked, eps), outcome in zip(tables, pgd, strict=True)])
-    records = {"label": batch.labels, "logits": batch.logits, "clean": batch.clean}
-    for suffix, f, p, c in zip(suffixes, fgm, pgd, curves, strict=True):
-        records[f"fgm{suffix}"], records[f"pgd{suffix}"] = f.correct, p.correct
-        records[f"curve{suffix or '_multimodal'}"] = c
-    for m, name in enumerate(model.modalities):
-        records[f"missing_{name}"] = missing[m]
-    return BatchEvaluation(records, pgd[0].adversarial)
+EVALUATED_LIPSCHITZ_SOURCE = "estimated (max input-gradient norms over the evaluated samples)"
+MODEL_LIPSCHITZ_SOURCE = "estimated (the model's own tau~, max over the training set, as in the paper)"
+SOUND_LIPSCHITZ_SOURCE = "sound upper bound"
+
+
+@dataclass
+class CertifiedRadii:
+    """Every sample's certified radius (N,) per scope from one pair Lipschitz table (M, K, K):
+    the multi-modal radius (Proposition 3.4) and each modality's uni-modal radius (method.md §1-§2);
+    ``lipschitz`` says where the table's constants come from."""
+
+    lipschitz: str
+    pair_lipschitz: torch.Tensor
+    radii: dict[Scope, torch.Tensor]
+
+    @classmethod
+    def of(
+        cls, lipschitz: str, pair_lipschitz: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, modalities: Sequence[str]
+    ) -> CertifiedRadii:
+        """The radii of samples with clean ``logits`` (N, K) and ``labels`` (N,); 0 where misclassified."""
+        table = pair_lipschitz.to(logits.device)
+        radii = {
+            scope: certified_radius(logits, labels, table) if scope.multimodal
+            else unimodal_radius(logits, labels, table, list(modalities).index(scope.modalities[0]))
+            for scope in Scope.every(modalities)
+        }
+        return cls(lipschitz, pair_lipschitz, radii)
+
+    @property
+    def multimodal(self) -> torch.Tensor:
+        """The multi-modal radii (N,)."""
+        return next(radius for scope, radius in self.radii.items() if scope.multimodal)
+
+    def summary(self, correct: torch.Tensor, radius_grid: Sequence[float]) -> Certificate:
+        """Mean, median and certified accuracy at ``radius_grid`` per scope; ``correct`` (N,) the clean correctness."""
+        radii = {scope: RadiusSummary.of(radius, correct, radius_grid) for scope, radius in self.radii.items()}
+        return Certificate(self.lipschitz, list(radius_grid), radii)
 
 
 @dataclass
 class RobustnessResults:
-    """Gathered per-sample records, the certificates and the audit of one evaluation."""
+    """Gathered per-sample records, the certificates and the audit of one evaluation.
+
+    Attributes:
+        modalities: the model's modality names, in its order.
+        settings: what was evaluated.
+        labels / logits / index: (N,), clean (N, K), dataset indices (N,) or ``None`` if unknown.
+        correct: (N,) bool per threat, in the column order of the paper's Table 2.
+        curves: (N, R) bool per scope: still correct under l2-PGD at each of ``settings.curve_radii``.
+        certified: radii of the common protocol (the table estimated over the evaluated samples).
+        certified_model: radii from the model's own table (CRMT's tau~), when it has one.
+        certified_sound: radii from sound Lipschitz upper bounds.
+        sound_note: why there are no sound radii, when worth saying.
+        audit: the radius audit of ``certified`` (and of ``certified_sound`` with ``audit_sound``).
+    """
 
     modalities: list[str]
     settings: RobustnessSettings
-    records: dict[str, torch.Tensor]
-    pair_lipschitz: torch.Tensor | None = None
-    lipschitz_source: str = "not certified"
-    model_pair_lipschitz: torch.Tensor | None = None
-    sound_pair_lipschitz: torch.Tensor | None = None
+    labels: torch.Tensor
+    logits: torch.Tensor
+    correct: dict[Threat, torch.Tensor]
+    curves: dict[Scope, torch.Tensor]
+    index: torch.Tensor | None = None
+    certified: CertifiedRadii | None = None
+    certified_model: CertifiedRadii | None = None
+    certified_sound: CertifiedRadii | None = None
     sound_note: str = ""
-    audit: dict[str, int] = field(default_factory=dict)
+    audit: AuditCounts | None = None
 
     @property
     def samples(self) -> int:
-        return int(self.records["label"].shape[0])
+        return int(self.labels.shape[0])
 
-    def accuracy(self, key: str) -> float:
-        return self.records[key].float().mean().item() if self.samples else float("nan")
+    @property
+    def clean(self) -> torch.Tensor:
+        """(N,) bool: classified correctly without attack."""
+        return self.correct[Threat("clean")]
 
-    def attack_keys(self) -> list[str]:
-        """The Table-2 columns in order: clean, multi-modal FGM/PGD, uni-modal FGM/PGD, missing."""
-        keys = ["clean", "fgm", "pgd"]
-        keys += [f"{attack}_{name}" for name in self.modalities for attack in ("fgm", "pgd")]
-        keys += [f"missing_{name}" for name in self.modalities]
-        return keys
+    def accuracy(self, threat: Threat) -> float:
+        """Fraction of the samples still classified correctly under ``threat`` (NaN without samples)."""
+        return self.correct[threat].float().mean().item() if self.samples else float("nan")
 
-    def curves(self) -> dict[str, list[float]]:
-        """Accuracy at radius 0 (clean) and at each curve radius: 'multimodal' and per modality."""
-        clean = self.accuracy("clean")
-        return {
-            key: [clean, *self.records[f"curve_{key}"].float().mean(dim=0).tolist()]
-            for key in ("multimodal", *self.modalities)
-        }
+    def curve_accuracy(self) -> dict[Scope, list[float]]:
+        """Per scope: the accuracy at radius 0 (clean) and at each curve radius."""
+        clean = self.accuracy(Threat("clean"))
+        return {scope: [clean, *curve.float().mean(dim=0).tolist()] for scope, curve in self.curves.items()}
 
-    def eta_ratio(self) -> torch.Tensor | None:
-        """eta^(m0) / eta^(m1) per class pair (K, K), NaN on the diagonal (method.md §1, Figure 3)."""
-        if self.pair_lipschitz is None:
+    def eta_ratio(self, numerator: str | int = 0, denominator: str | int = 1) -> torch.Tensor | None:
+        """eta^(numerator) / eta^(denominator) per class pair (K, K) from the common protocol's table,
+        NaN on the diagonal (method.md §1, Figure 3); modalities by name or index, any ordered pair
+        of distinct modalities. ``None`` when not certified."""
+        if self.certified is None:
             return None
-        ratio = self.pair_lipschitz[0] / self.pair_lipschitz[1].clamp_min(1e-12)
+        top, bottom = self._modality_index(numerator), self._modality_index(denominator)
+        if top == bottom:
+            raise ValueError(f"an eta ratio compares two different modalities, got {numerator!r} over {denominator!r}")
+        table = self.certified.pair_lipschitz
+        ratio = table[top] / table[bottom].clamp_min(1e-12)
         return ratio.fill_diagonal_(float("nan"))
 
-    def metrics(self) -> dict:
-        """Every number of the evaluation, JSON-ready."""
-        metrics: dict = {
-            "samples": self.samples,
-            "modalities": self.modalities,
-            "settings": asdict(self.settings),
-            "accuracy": {key: self.accuracy(key) for key in self.attack_keys()},
-            "curves": {"radii": [0.0, *self.settings.curve_radii], **self.curves()},
-        }
-        if "radius" in self.records:
-            metrics["certified"] = self._certificate_metrics("radius", self.lipschitz_source)
-            ratio = self.eta_ratio()
-            off_diagonal = ratio[~torch.isnan(ratio)]
-            metrics["eta_ratio"] = {
-                "pair": f"{self.modalities[0]}/{self.modalities[1]}",
-                "matrix": [[None if v != v else v for v in row] for row in ratio.tolist()],
-                "mean_log_ratio": off_diagonal.clamp_min(1e-12).log().mean().item() if off_diagonal.numel() else None,
-            }
-            metrics["audit"] = dict(self.audit)
-        if "model_radius" in self.records:
-            metrics["certified_model"] = self._certificate_metrics("model_radius", MODEL_LIPSCHITZ_SOURCE)
-        if "sound_radius" in self.records:
-            metrics["certified_sound"] = self._certificate_metrics("sound_radius", "sound upper bound")
-        elif self.sound_note:
-            metrics["certified_sound"] = {"note": self.sound_note}
-        return metrics
+    def _modality_index(self, modality: str | int) -> int:
+        if isinstance(modality, str):
+            if modality not in self.modalities:
+                raise ValueError(f"unknown modality {modality!r}; the model's are {self.modalities}")
+            return self.modalities.index(modality)
+        if not 0 <= modality < len(self.modalities):
+            raise ValueError(f"modality index {modality} out of range for {len(self.modalities)} modalities")
+        return modality
+
+    def metrics(self) -> RobustnessMetrics:
+        """Every number of the evaluation, typed (``to_json()`` gives ``metrics.json``'s layout); the
+        eta ratio is the default pair, modality 0 over modality 1."""
+        grid = self.settings.radius_grid
+        own, sound = self.certified_model, self.certified_sound
+        ratio = self.eta_ratio()
+        return RobustnessMetrics(
+            samples=self.samples,
+            modalities=list(self.modalities),
+            settings=self.settings,
+            accuracy={threat: self.accuracy(threat) for threat in self.correct},
+            curves=AccuracyCurves([0.0, *self.settings.curve_radii], self.curve_accuracy()),
+            certified=self.certified.summary(self.clean, grid) if self.certified is not None else None,
+            eta_ratio=EtaRatio.of(ratio, self.modalities[0], self.modalities[1]) if ratio is not None else None,
+            audit=self.audit,
+            certified_model=own.summary(self.clean, grid) if own is not None else None,
+            certified_sound=sound.summary(self.clean, grid) if sound is not None else None,
+            sound_note=self.sound_note,
+        )
 
     def per_sample(self) -> dict:
         """Per-sample outcomes, JSON-ready, for paired statistics across models (``per_sample.json``):
         ``index`` (dataset index; the row number when unknown), ``label``, ``correct`` (0/1 per
-        Table-2 column) and, when certified, ``radius`` (common protocol) and ``model_radius``."""
-        index = self.records.get("index", torch.arange(self.samples))
+        threat key, Table-2 order) and, when certified, ``radius`` (common protocol) and
+        ``model_radius`` (multi-modal radii)."""
+        index = self.index if self.index is not None else torch.arange(self.samples)
         values: dict = {
             "index": index.tolist(),
-            "label": self.records["label"].tolist(),
-            "correct": {key: self.records[key].int().tolist() for key in self.attack_keys()},
+            "label": self.labels.tolist(),
+            "correct": {threat.key: outcome.int().tolist() for threat, outcome in self.correct.items()},
         }
-        for key in ("radius", "model_radius"):
-            if key in self.records:
-                values[key] = self.records[key].float().tolist()
+        for key, certificate in (("radius", self.certified), ("model_radius", self.certified_model)):
+            if certificate is not None:
+                values[key] = certificate.multimodal.float().tolist()
         return values
-
-    def _certificate_metrics(self, prefix: str, source: str) -> dict:
-        correct = self.records["clean"]
-        grid = torch.tensor(self.settings.radius_grid)
-        result: dict = {"lipschitz": source, "radius_grid": list(self.settings.radius_grid)}
-        for key, suffix in [("multimodal", ""), *[(name, f"_{name}") for name in self.modalities]]:
-            radius = self.records[f"{prefix}{suffix}"].float()
-            result[key] = {
-                "mean": radius.mean().item(),
-                "median": radius.median().item(),
-                "certified_accuracy": certified_accuracy(radius.cpu(), correct.cpu(), grid).tolist(),
-            }
-        return result
 
 
 class _AuditChunk(NamedTuple):
@@ -417,30 +441,25 @@ class _AuditChunk(NamedTuple):
     start: list[torch.Tensor]
 
 
-EVALUATED_LIPSCHITZ_SOURCE = "estimated (max input-gradient norms over the evaluated samples)"
-MODEL_LIPSCHITZ_SOURCE = "estimated (the model's own tau~, max over the training set, as in the paper)"
-
-
 class RobustnessEvaluator:
     """Accumulates :func:`evaluate_batch` records and Lipschitz estimates; ``finalize`` certifies and audits.
 
-    Every model's radii (``radius``) come from one protocol, so that they compare across
+    Every model's radii (``certified``) come from one protocol, so that they compare across
     strategies: the pair Lipschitz table estimated over the evaluated samples themselves. A
     model with a table of its own (CRMT after its phase switch: tau~ over the training set, as
-    in the paper) also gets ``model_radius`` from it, reported beside and labelled.
+    in the paper) also gets ``certified_model`` from it, reported beside and labelled.
     """
 
-    def __init__(self, model, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None) -> None:
+    def __init__(self, model: MultiModalModel, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None) -> None:
         self.model = model
         self.settings = settings
         self.pixel_ranges = pixel_ranges
         self.generator = torch.Generator().manual_seed(settings.seed)
-        self.chunks: dict[str, list[torch.Tensor]] = {}
+        self.batches: list[BatchRecords] = []
+        self.indices: list[torch.Tensor] = []
         self.audit_chunks: list[_AuditChunk] = []
-        self.estimator: LipschitzEstimator | None = None
-        self.certifying = settings.certify and getattr(model, "certifiable", False)
-        if self.certifying:
-            self.estimator = LipschitzEstimator(model)
+        self.certifiable: CertifiableModel | None = model if settings.certify and is_certifiable(model) else None
+        self.estimator = LipschitzEstimator(self.certifiable) if self.certifiable is not None else None
 
     @property
     def audit_count(self) -> int:
@@ -451,58 +470,66 @@ class RobustnessEvaluator:
         records, adversarial = evaluate_batch(
             self.model, inputs, labels, self.settings, self.pixel_ranges, self.generator, self.estimator
         )
+        self.batches.append(BatchRecords(
+            records.labels.detach(), records.logits.detach(),
+            {threat: value.detach() for threat, value in records.correct.items()},
+            {scope: value.detach() for scope, value in records.curves.items()},
+        ))
         if index is not None:
-            records["index"] = index.detach().clone()
-        for key, value in records.items():
-            self.chunks.setdefault(key, []).append(value.detach())
+            self.indices.append(index.detach().clone())
         room = self.settings.audit_samples - self.audit_count
-        if self.certifying and room > 0:
+        if self.certifiable is not None and room > 0:
             with torch.inference_mode(False):
                 self.audit_chunks.append(
                     _AuditChunk(
                         [x[:room].detach().clone() for x in inputs],
                         labels[:room].detach().clone(),
-                        records["logits"][:room],
+                        records.logits[:room],
                         [x[:room] for x in adversarial],
                     )
                 )
 
     def finalize(self, all_gather: AllGather | None = None, reduce_max: ReduceMax | None = None) -> RobustnessResults:
         """Gather every rank's records, certify and audit. Every rank must call it (collectives)."""
-        records = {key: gather_rows(all_gather, torch.cat(values)) for key, values in self.chunks.items()}
-        results = RobustnessResults(list(self.model.modalities), self.settings, records)
-        if not self.certifying:
+        if not self.batches:
+            raise ValueError("no batch was evaluated")
+
+        def gathered(chunks: Sequence[torch.Tensor]) -> torch.Tensor:
+            return gather_rows(all_gather, torch.cat(list(chunks)))
+
+        first = self.batches[0]
+        results = RobustnessResults(
+            modalities=list(self.model.modalities),
+            settings=self.settings,
+            labels=gathered([batch.labels for batch in self.batches]),
+            logits=gathered([batch.logits for batch in self.batches]),
+            correct={threat: gathered([batch.correct[threat] for batch in self.batches]) for threat in first.correct},
+            curves={scope: gathered([batch.curves[scope] for batch in self.batches]) for scope in first.curves},
+            index=gathered(self.indices) if len(self.indices) == len(self.batches) else None,
+        )
+        model = self.certifiable
+        if model is None:
             results.sound_note = "the model is not certifiable" if self.settings.certify else ""
             return results
-        results.pair_lipschitz = self.estimator.pair_lipschitz(reduce_max)
-        results.lipschitz_source = EVALUATED_LIPSCHITZ_SOURCE
-        self._add_radii(results, "radius", results.pair_lipschitz)
-        known = self.model.known_pair_lipschitz()
+        logits, labels, modalities = results.logits, results.labels, results.modalities
+        table = self.estimator.pair_lipschitz(reduce_max)
+        results.certified = CertifiedRadii.of(EVALUATED_LIPSCHITZ_SOURCE, table, logits, labels, modalities)
+        known = model.known_pair_lipschitz()
         if known is not None:
-            results.model_pair_lipschitz = known
-            self._add_radii(results, "model_radius", known)
-        results.audit = self._audit(results.pair_lipschitz, all_gather)
+            results.certified_model = CertifiedRadii.of(MODEL_LIPSCHITZ_SOURCE, known, logits, labels, modalities)
+        results.audit = self._audit(table, all_gather)
         if self.settings.sound_certificate:
             try:
-                results.sound_pair_lipschitz = sound_pair_lipschitz(self.model)
+                sound = sound_pair_lipschitz(model)
             except NotImplementedError as error:
                 results.sound_note = f"no sound bound: {error}"
             else:
-                self._add_radii(results, "sound_radius", results.sound_pair_lipschitz)
+                results.certified_sound = CertifiedRadii.of(SOUND_LIPSCHITZ_SOURCE, sound, logits, labels, modalities)
                 if self.settings.audit_sound:
-                    sound_audit = self._audit(results.sound_pair_lipschitz, all_gather)
-                    results.audit.update({f"sound_{key}": value for key, value in sound_audit.items()})
+                    results.audit = replace(results.audit, sound=self._audit(sound, all_gather))
         return results
 
-    @staticmethod
-    def _add_radii(results: RobustnessResults, prefix: str, table: torch.Tensor) -> None:
-        logits, labels = results.records["logits"], results.records["label"]
-        table = table.to(logits.device)
-        results.records[prefix] = certified_radius(logits, labels, table)
-        for m, name in enumerate(results.modalities):
-            results.records[f"{prefix}_{name}"] = unimodal_radius(logits, labels, table, m)
-
-    def _audit(self, table: torch.Tensor, all_gather: AllGather | None) -> dict[str, int]:
+    def _audit(self, table: torch.Tensor, all_gather: AllGather | None) -> AuditCounts:
         """Attack this rank's stored samples just inside their radii; counts summed over ranks."""
         eligible_count = violated_count = 0
         for inputs, labels, logits, start in self.audit_chunks:
@@ -517,9 +544,4 @@ class RobustnessEvaluator:
         if all_gather is not None:
             counts = all_gather(counts.to(self.model.device)).reshape(-1, 3).sum(dim=0).cpu()
         eligible_total, violated_total, attacked = (int(c) for c in counts)
-        return {
-            "attacked": attacked,
-            "eligible": eligible_total,
-            "violations": violated_total,
-            "violation_rate": violated_total / eligible_total if eligible_total else 0.0,
-        }
+        return AuditCounts(attacked=attacked, eligible=eligible_total, violations=violated_total)

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from crmt.robustness.results import EtaRatio  # noqa: E402
+
 
 def _save(figure, path: Path) -> Path:
     path = Path(path)
@@ -48,25 +50,27 @@ def plot_accuracy_vs_radius(
     return _line_plot(radii, curves, path, title, "l2 attack radius", "accuracy", step=False)
 
 
-def plot_eta_ratio_heatmap(ratio: np.ndarray, pair: str, path: Path) -> Path:
-    """K x K heatmap of log2(eta^(m0) / eta^(m1)) per class pair (y row, j column); the diagonal is blank.
+def plot_eta_ratio_heatmap(ratio: EtaRatio, path: Path) -> Path:
+    """K x K heatmap of log2(eta^(numerator) / eta^(denominator)) per class pair (y row, j column);
+    the diagonal is blank.
 
-    Positive (red) cells: the first modality is the more vulnerable one for that pair.
+    Positive (red) cells: the numerator's modality is the more vulnerable one for that pair.
     """
+    values = ratio.array()
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_ratio = np.log2(np.clip(ratio, 1e-12, None))
+        log_ratio = np.log2(np.clip(values, 1e-12, None))
     finite = log_ratio[np.isfinite(log_ratio)]
     limit = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-3)
-    size = max(3.6, min(10.0, 0.25 * ratio.shape[0] + 2.5))
+    size = max(3.6, min(10.0, 0.25 * values.shape[0] + 2.5))
     figure, axis = plt.subplots(figsize=(size + 0.8, size))
     image = axis.imshow(log_ratio, cmap="coolwarm", vmin=-limit, vmax=limit)
-    figure.colorbar(image, ax=axis, label=f"log2 eta ratio {pair}")
-    ticks = np.arange(0, ratio.shape[0], max(1, ratio.shape[0] // 16))
+    figure.colorbar(image, ax=axis, label=f"log2 eta ratio {ratio.pair}")
+    ticks = np.arange(0, values.shape[0], max(1, values.shape[0] // 16))
     axis.set_xticks(ticks)
     axis.set_yticks(ticks)
     axis.set_xlabel("class j")
     axis.set_ylabel("label y")
-    axis.set_title(f"vulnerability ratio eta {pair}")
+    axis.set_title(f"vulnerability ratio eta {ratio.pair}")
     return _save(figure, path)
 
 

@@ -27,9 +27,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from crmt.models.encoders import build_encoder
 from crmt.models.heads import FusionOutput
-from crmt.robustness.sound import encoder_lipschitz_upper_bound
+from crmt.models.protocol import Batch, LipschitzBounded
 
-Batch = dict[str, torch.Tensor]
+__all__ = ["Batch", "MultiModalModule", "PAPER_INPUT_SHAPES"]
 
 PAPER_INPUT_SHAPES: dict[str, list[int]] = {"visual": [3, 3, 224, 224], "audio": [1, 128, 1024]}
 """The paper's inputs: 3 RGB frames of 224x224 and a 128-bin fbank of 1024 frames (visual first, as in CRMT)."""
@@ -116,9 +116,13 @@ class MultiModalModule(LightningModule):
         return None
 
     def encoder_lipschitz_bound(self, m: int) -> float:
-        """A sound upper bound of the l2 Lipschitz constant of ``encode_modality(m, .)``."""
+        """A sound upper bound of the l2 Lipschitz constant of ``encode_modality(m, .)``; raises
+        NotImplementedError for an encoder that does not expose one (``lipschitz_upper_bound``)."""
         name = self.modalities[m]
-        return encoder_lipschitz_upper_bound(self.encoders[name], self.input_shapes[name])
+        encoder = self.encoders[name]
+        if not isinstance(encoder, LipschitzBounded):
+            raise NotImplementedError(f"no Lipschitz upper bound is implemented for {type(encoder).__name__}")
+        return encoder.lipschitz_upper_bound(self.input_shapes[name])
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

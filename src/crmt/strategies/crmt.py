@@ -13,6 +13,7 @@ switch's a^(m) included) among those whose validation accuracy is not below the 
 of clean accuracy, and the test split is never looked at. The phase, tau~, a^(m), the
 selection state and the epoch whose training samples were scored live in the state dict, so a
 checkpoint resumes in the right phase and a run resumed in step 2 rebuilds the same cache.
+The phases follow :class:`~crmt.strategies.phases.TwoStepTraining`.
 """
 
 from __future__ import annotations
@@ -26,19 +27,18 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from crmt.distributed import gather_rows
 from crmt.losses import margin_regularizer
 from crmt.models.heads import OrthogonalFusion, integrate_scores
-from crmt.robustness.certificates import score_function
+from crmt.robustness.certificates import LipschitzEstimator, score_function
 from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
-from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms
+from crmt.robustness.lipschitz import GradientMethod
 from crmt.robustness.modes import eval_mode
 from crmt.strategies.base import Batch, MultiModalModule
-
-STEP1, STEP2 = 1, 2
+from crmt.strategies.phases import TwoStepTraining
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ScoreCache:
     present: torch.Tensor
 
 
-class CRMTJointTraining(MultiModalModule):
+class CRMTJointTraining(TwoStepTraining, MultiModalModule):
     """CRMT on clean inputs (CRMT-JT).
 
     Args (besides :class:`MultiModalModule`'s):
@@ -84,29 +84,22 @@ class CRMTJointTraining(MultiModalModule):
         tau_method: GradientMethod = "loop",
         step2_selection: Literal["best_val", "last"] = "best_val",
     ) -> None:
-        if step1_epochs < 0 or step2_epochs < 0:
-            raise ValueError(f"step1_epochs and step2_epochs must be >= 0, got {step1_epochs}, {step2_epochs}")
         if step2_selection not in ("best_val", "last"):
             raise ValueError(f"step2_selection must be 'best_val' or 'last', got {step2_selection!r}")
         super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
         self.automatic_optimization = False
         self.step2_optimizer_factory = step2_optimizer
-        self.register_buffer("phase", torch.tensor(STEP1))
+        self.init_phases(step1_epochs, step2_epochs)
         self.register_buffer("tau", torch.zeros(len(self.modalities), num_classes))
         self.register_buffer("best_integration", self.head.integration.detach().clone())
         self.register_buffer("best_val_radius", torch.tensor(float("-inf")))
         self.register_buffer("switch_val_accuracy", torch.tensor(0.0))
         self.register_buffer("best_step2_epoch", torch.tensor(-1))
-        self.register_buffer("scored_epoch", torch.tensor(-1))
         self.score_cache: ScoreCache | None = None
         self.val_cache: ScoreCache | None = None
 
     def build_head(self, feature_dims: list[int], num_classes: int) -> nn.Module:
         return OrthogonalFusion(feature_dims, num_classes, self.hparams.init_integration)
-
-    @property
-    def in_step2(self) -> bool:
-        return int(self.phase) == STEP2
 
     def configure_optimizers(self):
         step1 = self.optimizer_factory(self.parameters())
@@ -114,14 +107,6 @@ class CRMTJointTraining(MultiModalModule):
         if self.scheduler_factory is None:
             return [step1, step2]
         return [step1, step2], [self.scheduler_factory(step1)]
-
-    def on_fit_start(self) -> None:
-        planned = self.hparams.step1_epochs + self.hparams.step2_epochs
-        if self.trainer.max_epochs != planned:
-            rank_zero_warn(
-                f"trainer.max_epochs={self.trainer.max_epochs} but step1_epochs + step2_epochs = {planned}: "
-                f"step 2 runs from epoch {self.hparams.step1_epochs} until max_epochs"
-            )
 
     # ----------------------------------------------------------------- step 1
     def step1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -141,23 +126,20 @@ class CRMTJointTraining(MultiModalModule):
 
     # ----------------------------------------------------------------- switch
     def on_train_epoch_start(self) -> None:
-        if not self.in_step2 and self.current_epoch >= self.hparams.step1_epochs:  # step1_epochs = 0
-            self._switch(last_step1_epoch=self.current_epoch - 1)
-        elif self.in_step2 and self.score_cache is None:  # resumed in step 2: the switch's scores again
+        super().on_train_epoch_start()
+        if self.in_step2 and self.score_cache is None:  # resumed in step 2: the switch's scores again
             loader = self.trainer.train_dataloader
-            _set_sampler_epoch(loader, int(self.scored_epoch))
+            _set_sampler_epoch(loader, int(self.switch_epoch))
             self.score_cache, _ = self._collect_scores(loader, estimate_tau=False)
             _set_sampler_epoch(loader, self.current_epoch)
             self.val_cache = self._collect_validation_scores()
 
-    def _switch(self, last_step1_epoch: int) -> None:
-        """Estimate tau~, cache the training and validation scores, enter step 2 (method.md §3)."""
+    def enter_step2(self, last_step1_epoch: int) -> None:
+        """Estimate tau~, cache the training and validation scores (method.md §3)."""
         start = time.perf_counter()
         self._use_rank_zero_buffers()
         self.score_cache, tau = self._collect_scores(self.trainer.train_dataloader, estimate_tau=True)
         self.tau.copy_(tau)
-        self.scored_epoch.fill_(self.current_epoch)
-        self.phase.fill_(STEP2)
         self.val_cache = self._collect_validation_scores()
         self._start_selection(last_step1_epoch)
         rank_zero_info(
@@ -177,10 +159,6 @@ class CRMTJointTraining(MultiModalModule):
             for buffer in self.buffers():
                 torch.distributed.broadcast(buffer, src=0)
 
-    def checkpoint_milestone(self) -> str | None:
-        """``"phase-switch"`` at the end of the epoch that switched to step 2."""
-        return "phase-switch" if self.in_step2 and int(self.scored_epoch) == self.current_epoch else None
-
     @torch.no_grad()
     def _collect_scores(self, loader: Iterable[Batch | None], estimate_tau: bool) -> tuple[ScoreCache, torch.Tensor]:
         """One eval-mode pass over this rank's shard of ``loader``: scores of every sample and, optionally, tau~.
@@ -188,26 +166,25 @@ class CRMTJointTraining(MultiModalModule):
         Returns the cache of all ranks' scores and tau~ (M, K) max-reduced across ranks
         (zeros when not estimated).
         """
-        tau = torch.zeros_like(self.tau)
+        estimator = LipschitzEstimator(self, self.hparams.tau_method) if estimate_tau else None
         scores, labels, indices = [], [], []
         with eval_mode(self):
-            score_fns = [score_function(self, m) for m in range(len(self.modalities))]
             for batch in loader:
                 if batch is None:
                     continue
                 batch = self._to_device(batch)
-                per_modality = []
-                for m, (score_fn, inputs) in enumerate(zip(score_fns, self.inputs(batch), strict=True)):
-                    if estimate_tau:
-                        modality_scores, norms = score_gradient_norms(score_fn, inputs, self.hparams.tau_method)
-                        tau[m] = torch.maximum(tau[m], norms.max(dim=0).values)
-                    else:
-                        modality_scores = score_fn(inputs)
-                    per_modality.append(modality_scores)
-                scores.append(torch.stack(per_modality, dim=1))
+                inputs = self.inputs(batch)
+                if estimator is not None:
+                    batch_scores = estimator.scores(inputs)
+                else:
+                    batch_scores = torch.stack([score_function(self, m)(x) for m, x in enumerate(inputs)])
+                scores.append(batch_scores.transpose(0, 1))
                 labels.append(batch["label"])
                 indices.append(batch["index"])
-        tau = self.trainer.strategy.reduce(tau, reduce_op="max") if self.trainer.world_size > 1 else tau
+        tau = torch.zeros_like(self.tau)
+        if estimator is not None:
+            reduce_max = (lambda t: self.trainer.strategy.reduce(t, reduce_op="max")) if self.trainer.world_size > 1 else None
+            tau = estimator.class_lipschitz(reduce_max)
         cache = _build_cache(
             self._gather_rows(torch.cat(scores)), self._gather_rows(torch.cat(labels)), self._gather_rows(torch.cat(indices))
         )
@@ -244,6 +221,9 @@ class CRMTJointTraining(MultiModalModule):
         self.switch_val_accuracy.fill_(accuracy)
         self.best_val_radius.fill_(radius)
 
+    def on_step2_epoch_end(self) -> None:
+        self._select_step2_epoch()
+
     def _select_step2_epoch(self) -> None:
         """After a step-2 epoch: remember its a^(m) if it is the best so far; at the last epoch, keep the best."""
         if self.val_cache is None:
@@ -265,12 +245,19 @@ class CRMTJointTraining(MultiModalModule):
             )
 
     # ----------------------------------------------------------------- step 2
+    def step2_loss(self, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-mean_i r_{j_i}(x_i): the negated mean certified bound against the runner-up class of the
+        cached training rows ``index`` (B,), a function of the integration weights a^(m) only
+        (method.md §3, step 2; Theorem 3.5). Returns the loss and its parts for logging."""
+        assert self.score_cache is not None, "step 2 runs after the phase switch, which fills the score cache"
+        head = self.head
+        bound = cached_runner_up_bound(self.score_cache, index, head.integration, head.bias.detach(), self.tau)
+        return -bound.mean(), {"step2_bound": bound.mean()}
+
     def _step2_update(self, batch: Batch) -> None:
         optimizer = self.optimizers()[1]
-        assert self.score_cache is not None
-        index = batch["index"].to(self.score_cache.labels.device)
-        bound = cached_runner_up_bound(self.score_cache, index, self.head.integration, self.head.bias.detach(), self.tau)
-        loss = -bound.mean()
+        index = batch["index"].to(self.tau.device)
+        loss, parts = self.step2_loss(index)
         (grad,) = torch.autograd.grad(loss, self.head.integration)
         if self.trainer.world_size > 1:
             grad = self.trainer.strategy.reduce(grad, reduce_op="mean")
@@ -278,7 +265,7 @@ class CRMTJointTraining(MultiModalModule):
         self.head.integration.grad = grad
         optimizer.step()
         optimizer.zero_grad()
-        self.log("train/step2_bound", bound.mean(), batch_size=index.shape[0], prog_bar=True)
+        self.log_train(parts, batch, prog_bar=("step2_bound",))
 
     # ----------------------------------------------------------------- common
     def training_step(self, batch: Batch, batch_idx: int) -> None:
@@ -287,18 +274,11 @@ class CRMTJointTraining(MultiModalModule):
         else:
             self._step1_update(batch)
 
-    def on_train_epoch_end(self) -> None:
-        self.log("train/phase", self.phase.float())
-        if self.in_step2:
-            self._select_step2_epoch()
-            return
+    def on_step1_epoch_end(self) -> None:
+        """Manual optimisation: the step-1 scheduler steps here, once per step-1 epoch only."""
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        next_epoch, max_epochs = self.current_epoch + 1, self.trainer.max_epochs
-        training_ends = max_epochs is not None and max_epochs >= 0 and next_epoch >= max_epochs  # -1: no epoch limit
-        if next_epoch >= self.hparams.step1_epochs and not training_ends:
-            self._switch(last_step1_epoch=self.current_epoch)
 
     def known_pair_lipschitz(self) -> torch.Tensor | None:
         """The pair Lipschitz table (M, K, K) from tau~ of the phase switch; ``None`` before step 2."""

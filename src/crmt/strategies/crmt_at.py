@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from crmt.adversarial import adversarial_batch, check_adversary_settings
+from crmt.strategies.adversarial import adversarial_batch, check_adversary_settings
 from crmt.strategies.base import Batch
 from crmt.strategies.crmt import CRMTJointTraining
 

@@ -5,20 +5,26 @@ sum_k w_k CE(logits_k, y) over the branches k (one per modality, then the fused 
 concat head is used at evaluation. A deterministic ``holdout_fraction`` of the training set, V,
 is excluded from this loss. Every ``super_epoch`` epochs, before the epoch's training, the
 weights are re-estimated: each branch is forked (deep copies of its encoders and head, a fresh
-optimiser) and trained alone for ``estimation_epochs`` epochs on the rest of the training set;
+optimiser) and trained alone, by a Lightning Trainer of its own (:class:`BranchFit`), for
+``estimation_epochs`` epochs on the rest of the training set;
 its mean losses on V and on an equally large probe of the training part, before and after,
 give the generalisation gain dG = L^V_N - L^V_{N+n} and the overfitting change
 dO = O_{N+n} - O_N with O = L^V - L^T, and w_k = max(dG_k, 0) / (dO_k^2 + epsilon), normalised
-to sum 1. The weights are buffers, so they are checkpointed.
+to sum 1. The weights are buffers, so they are checkpointed. V is chosen when training starts.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -60,6 +66,51 @@ class MultiModalBranch(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.head([encoder(x) for encoder, x in zip(self.encoders, inputs, strict=True)]).logits
+
+
+class BranchFit(LightningModule):
+    """A forked branch as a LightningModule: minimise CE(branch(x), y) with a fresh optimiser.
+
+    ``branch`` maps inputs in ``modalities`` order to logits (B, K).
+    """
+
+    def __init__(self, branch: nn.Module, modalities: Sequence[str], optimizer: OptimizerCallable) -> None:
+        super().__init__()
+        self.branch, self.modalities, self.optimizer_factory = branch, list(modalities), optimizer
+
+    def training_step(self, batch: Batch | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every clip of the batch failed to decode and was skipped
+            return None
+        return F.cross_entropy(self.branch([batch[name] for name in self.modalities]), batch["label"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.branch.parameters())
+
+
+def fit_alone(module: LightningModule, loader: DataLoader, epochs: int, device: torch.device) -> None:
+    """Train ``module`` on ``loader`` for ``epochs`` epochs with a Trainer of its own on ``device``
+    (one process, whatever launched the calling run: no logger, checkpoints, progress bar or info messages)."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)
+    try:
+        _fork_trainer(epochs, device).fit(module, train_dataloaders=loader)
+    finally:
+        lightning_log.setLevel(level)
+
+
+def _fork_trainer(epochs: int, device: torch.device) -> Trainer:
+    return Trainer(
+        strategy=SingleDeviceStrategy(device),
+        plugins=[LightningEnvironment()],
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
 
 
 class GradientBlending(JointTraining):
@@ -135,13 +186,14 @@ class GradientBlending(JointTraining):
     def holdout_mask(self, indices: torch.Tensor) -> torch.Tensor:
         """True where a dataset index is in V."""
         if self.holdout is None:
-            raise RuntimeError("the held-out split is chosen when the first training epoch starts")
+            raise RuntimeError("the held-out split is chosen when training starts")
         return torch.isin(indices.cpu(), self.holdout)
 
     # ----------------------------------------------------------------- estimation
+    def on_train_start(self) -> None:
+        self.holdout = self.holdout_indices(len(self.trainer.train_dataloader.dataset))
+
     def on_train_epoch_start(self) -> None:
-        if self.holdout is None:
-            self.holdout = self.holdout_indices(len(self.trainer.train_dataloader.dataset))
         if self.current_epoch % self.hparams.super_epoch == 0:
             weights = self.estimate_blend()
             if self.trainer.world_size > 1:  # the forks' runs may differ across ranks in the last bits
@@ -166,14 +218,7 @@ class GradientBlending(JointTraining):
         generalisation, overfitting = [], []
         for branch in self.branches():
             holdout_before, probe_before = self._mean_loss(branch, holdout), self._mean_loss(branch, probe)
-            optimizer = self.optimizer_factory(branch.parameters())
-            branch.train()
-            for _ in range(epochs):
-                for batch in self._device_batches(training_part):
-                    loss = F.cross_entropy(branch(self.inputs(batch)), batch["label"])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+            fit_alone(BranchFit(branch, self.modalities, self.optimizer_factory), training_part, epochs, self.device)
             holdout_after, probe_after = self._mean_loss(branch, holdout), self._mean_loss(branch, probe)
             generalisation.append(holdout_before - holdout_after)
             overfitting.append((holdout_after - probe_after) - (holdout_before - probe_before))

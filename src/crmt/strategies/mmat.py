@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from crmt.adversarial import adversarial_batch, check_adversary_settings
+from crmt.strategies.adversarial import adversarial_batch, check_adversary_settings
 from crmt.strategies.base import Batch
 from crmt.strategies.jt import JointTraining
 

@@ -123,8 +123,8 @@ class CRMTMultiModalTransformer(TransformerStreams, CRMTJointTraining):
         )
 
     def on_fit_start(self) -> None:
-        if self.trainer.max_epochs is None or self.trainer.max_epochs > self.hparams.step1_epochs:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs > self.step1_epochs:
             raise ValueError(
                 f"CRMT-MMT applies only step 1: trainer.max_epochs ({self.trainer.max_epochs}) must not exceed "
-                f"step1_epochs ({self.hparams.step1_epochs})"
+                f"step1_epochs ({self.step1_epochs})"
             )

@@ -1,9 +1,10 @@
 """MSEFM: MinSim + ExFMem (Tian & Xu, CVPR 2021; baselines.md §5).
 
 Step 1 (epochs [0, step1_epochs)): joint training with CE + similarity_weight * mean cos(phi^(v), phi^(a))
-(MinSim). At the switch, once, a memory bank of ``memory_size`` training embeddings per modality is
-taken in evaluation mode from the shuffled training loader (a random subset of the training set)
-and stored as buffers. Step 2: the same loss, with every embedding replaced by the ExFMem blend
+(MinSim). At the switch (:class:`~crmt.strategies.phases.TwoStepTraining`: at the end of the last
+step-1 epoch), once, a memory bank of ``memory_size`` training embeddings per modality is taken in
+evaluation mode from the shuffled training loader (a random subset of the training set) and
+stored as buffers. Step 2: the same loss, with every embedding replaced by the ExFMem blend
 kappa * M^T H + (1 - kappa) * phi, H the ISTA sparse code of phi over the bank. The blend lives in
 ``encode_modality``, so training, evaluation and attacks (which differentiate through the unrolled
 ISTA) all see it.
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from crmt.robustness.modes import eval_mode
 from crmt.strategies.base import Batch
 from crmt.strategies.jt import JointTraining
+from crmt.strategies.phases import TwoStepTraining
 
 
 def soft_threshold(x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -62,7 +64,7 @@ def mean_pairwise_cosine(features: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([F.cosine_similarity(a, b, dim=1).mean() for a, b in pairs]).mean()
 
 
-class MinSimExFMem(JointTraining):
+class MinSimExFMem(TwoStepTraining, JointTraining):
     """JT + MinSim, then ExFMem feature denoising (see the module docstring).
 
     Args (besides :class:`MultiModalModule`'s):
@@ -88,8 +90,6 @@ class MinSimExFMem(JointTraining):
         kappa: float = 0.5,
         **kwargs,
     ) -> None:
-        if step1_epochs < 0 or step2_epochs < 0:
-            raise ValueError(f"step1_epochs and step2_epochs must be >= 0, got {step1_epochs}, {step2_epochs}")
         if memory_size < 1 or ista_iterations < 1:
             raise ValueError(f"memory_size and ista_iterations must be >= 1, got {memory_size}, {ista_iterations}")
         if sparsity < 0:
@@ -103,7 +103,7 @@ class MinSimExFMem(JointTraining):
         for name, encoder in self.encoders.items():
             self.register_buffer(f"memory_{name}", torch.zeros(memory_size, encoder.out_dim))
             self.register_buffer(f"ista_step_{name}", torch.tensor(0.0))
-        self.register_buffer("memory_ready", torch.tensor(False))
+        self.init_phases(step1_epochs, step2_epochs)
 
     def memory(self, m: int) -> torch.Tensor:
         """The bank of modality m: (memory_size, D_m), one training embedding per row."""
@@ -119,10 +119,10 @@ class MinSimExFMem(JointTraining):
     def encode_modality(self, m: int, inputs: torch.Tensor) -> torch.Tensor:
         """phi^(m) in step 1; its ExFMem blend once the banks exist (B, D_m)."""
         features = super().encode_modality(m, inputs)
-        return self.exfmem(m, features) if bool(self.memory_ready) else features
+        return self.exfmem(m, features) if self.in_step2 else features
 
     def encoder_lipschitz_bound(self, m: int) -> float:
-        if bool(self.memory_ready):
+        if self.in_step2:
             raise NotImplementedError(
                 "MinSimExFMem: no sound Lipschitz bound exists for the unrolled ISTA sparse coding of ExFMem; "
                 "certify this model with estimated (empirical) Lipschitz constants only"
@@ -141,15 +141,11 @@ class MinSimExFMem(JointTraining):
         self.log_train({"loss": loss, **parts}, batch)
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        if not bool(self.memory_ready) and self.current_epoch >= self.hparams.step1_epochs:
-            self.build_memory()
-            rank_zero_info(
-                f"MSEFM switch at epoch {self.current_epoch}: memory banks of {self.hparams.memory_size} embeddings built"
-            )
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/phase", 2.0 if bool(self.memory_ready) else 1.0)
+    def enter_step2(self, last_step1_epoch: int) -> None:
+        self.build_memory()
+        rank_zero_info(
+            f"MSEFM switch after epoch {last_step1_epoch}: memory banks of {self.hparams.memory_size} embeddings built"
+        )
 
     @torch.no_grad()
     def build_memory(self) -> None:
@@ -181,4 +177,3 @@ class MinSimExFMem(JointTraining):
             memory = self.memory(m)
             memory.copy_(rows[: memory.shape[0]])
             getattr(self, f"ista_step_{name}").copy_(ista_step_size(memory))
-        self.memory_ready.fill_(True)

@@ -69,17 +69,16 @@ class PrototypicalModalRebalance(JointTraining):
         super().__init__(**kwargs)
         for name, encoder in self.encoders.items():
             self.register_buffer(f"prototypes_{name}", torch.zeros(self.num_classes, encoder.out_dim))
-        self.register_buffer("prototypes_ready", torch.tensor(False))
 
     def prototypes(self, m: int) -> torch.Tensor:
         """P^(m): (K, D_m)."""
         return getattr(self, f"prototypes_{self.modalities[m]}")
 
     @torch.no_grad()
-    def update_prototypes(self, batches: Iterable[Batch | None]) -> None:
+    def update_prototypes(self, batches: Iterable[Batch | None], momentum: float) -> None:
         """Class means of each modality's features over ``batches`` (evaluation mode), summed over
-        every rank, then blended into the prototypes by momentum. Classes absent from the
-        batches keep their previous prototype."""
+        every rank, then blended into the prototypes: P <- (1 - momentum) P_new + momentum P. Classes
+        absent from the batches keep their previous prototype."""
         num_classes = self.num_classes
         sums = [torch.zeros_like(self.prototypes(m)) for m in range(len(self.modalities))]
         counts = torch.zeros(num_classes, device=self.device)
@@ -95,20 +94,21 @@ class PrototypicalModalRebalance(JointTraining):
             sums = [self.trainer.strategy.reduce(total, reduce_op="sum") for total in sums]
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         seen = counts > 0
-        momentum = self.hparams.momentum if bool(self.prototypes_ready) else 0.0
         for m, total in enumerate(sums):
             prototypes = self.prototypes(m)
             means = total[seen] / counts[seen, None]
             prototypes[seen] = (1 - momentum) * means + momentum * prototypes[seen]
-        self.prototypes_ready.fill_(True)
 
     def on_train_epoch_start(self) -> None:
+        """Update the prototypes from the first batches; the first epoch's update (the first
+        prototypes) takes the class means as they are."""
         loader = self.trainer.train_dataloader
         num_batches = max(1, math.floor(len(loader) * self.hparams.prototype_fraction))
-        self.update_prototypes(
+        batches = (
             self.trainer.strategy.batch_to_device(batch, self.device) if batch is not None else None
             for batch in itertools.islice(loader, num_batches)
         )
+        self.update_prototypes(batches, momentum=self.hparams.momentum if self.current_epoch > 0 else 0.0)
 
     def in_modulation_window(self) -> bool:
         return self.hparams.modulation_starts <= self.current_epoch <= self.hparams.modulation_ends

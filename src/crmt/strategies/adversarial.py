@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from crmt.models.protocol import Batch
 from crmt.robustness.attacks import L2PGD, pixel_ranges_for
-from crmt.strategies.base import Batch, MultiModalModule
+from crmt.strategies.base import MultiModalModule
 
 
 def check_adversary_settings(eps: float, steps: int, step_fraction: float) -> None:

@@ -1,6 +1,7 @@
-"""Sound upper bounds of a ResNet18 encoder's l2 Lipschitz constant (method.md §4, the alternative).
+"""Sound upper bounds of the l2 Lipschitz constant of network layers (method.md §4, the alternative).
 
-The bound is the product, along the network, of a bound per layer:
+A network's bound is the product, along the network, of a bound per layer (each encoder of
+:mod:`crmt.models.encoders` composes its own from these):
 
 - convolution followed by eval-mode batch norm: batch norm is an affine map with a per-channel
   scale, folded into the kernel; the folded convolution's operator norm (its largest singular
@@ -25,7 +26,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from crmt.models.encoders import BasicBlock, FrameEncoder, ResNet18Trunk, SpectrogramEncoder
 
 _FREQUENCY_CHUNK = 4096
 """Frequencies whose (C_out, C_in) matrices are reduced at once, to bound memory."""
@@ -74,7 +74,7 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class _ConvInputSizes:
+class ConvInputSizes:
     """Records the spatial input size of every convolution of a module during one forward pass."""
 
     def __init__(self, module: nn.Module, sample: torch.Tensor) -> None:
@@ -96,41 +96,6 @@ class _ConvInputSizes:
         self.sizes[conv] = tuple(args[0].shape[-2:])
 
 
-def _conv_bn_bound(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, sizes: _ConvInputSizes) -> float:
+def conv_bn_bound(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, sizes: ConvInputSizes) -> float:
+    """Upper bound of ``norm(conv(x))``'s operator norm at the input size ``sizes`` recorded for ``conv``."""
     return conv_operator_norm_bound(folded_kernel(conv, norm), sizes.sizes[conv], _pair(conv.padding))
-
-
-def _block_bound(block: BasicBlock, sizes: _ConvInputSizes) -> float:
-    branch = _conv_bn_bound(block.conv1, block.bn1, sizes) * _conv_bn_bound(block.conv2, block.bn2, sizes)
-    if isinstance(block.shortcut, nn.Identity):
-        return branch + 1.0
-    conv, norm = block.shortcut[0], block.shortcut[1]
-    return branch + _conv_bn_bound(conv, norm, sizes)
-
-
-def trunk_lipschitz_bound(trunk: ResNet18Trunk, frame_shape: Sequence[int]) -> tuple[float, tuple[int, ...]]:
-    """Upper bound of the trunk's Lipschitz constant on inputs (C, H, W), and its output shape (1, C', h, w)."""
-    sizes = _ConvInputSizes(trunk, torch.zeros(1, *frame_shape, device=next(trunk.parameters()).device))
-    conv, norm, _, pool = trunk.stem
-    bound = _conv_bn_bound(conv, norm, sizes) * max_pool_bound(pool)
-    for stage in trunk.stages:
-        for block in stage:
-            bound *= _block_bound(block, sizes)
-    return bound, sizes.output_shape
-
-
-def encoder_lipschitz_upper_bound(encoder: nn.Module, input_shape: Sequence[int]) -> float:
-    """Upper bound of the l2 Lipschitz constant of ``encoder`` on inputs of ``input_shape`` (no batch dim).
-
-    Batch norm is taken in evaluation mode (running statistics), as the model is evaluated.
-    """
-    if isinstance(encoder, SpectrogramEncoder):
-        bound, output_shape = trunk_lipschitz_bound(encoder.trunk, input_shape)
-        positions = output_shape[2] * output_shape[3]
-    elif isinstance(encoder, FrameEncoder):
-        channels, frames, height, width = input_shape
-        bound, output_shape = trunk_lipschitz_bound(encoder.trunk, (channels, height, width))
-        positions = frames * output_shape[2] * output_shape[3]
-    else:
-        raise NotImplementedError(f"no Lipschitz upper bound is implemented for {type(encoder).__name__}")
-    return bound / math.sqrt(positions)

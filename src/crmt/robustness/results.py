@@ -1,0 +1,251 @@
+"""The numbers of one robustness evaluation, typed: what ``metrics.json`` holds and what reads it back.
+
+:meth:`RobustnessResults.metrics <crmt.robustness.evaluation.RobustnessResults.metrics>` builds a
+:class:`RobustnessMetrics` from the per-sample records; the report, the callbacks and the
+multi-seed comparison read its fields. Each class has one ``to_json`` (its part of
+``metrics.json``) and one ``from_json`` (its inverse); accuracies are keyed by
+:class:`~crmt.robustness.threats.Threat`, curves and certificates by
+:class:`~crmt.robustness.threats.Scope`, and ``metrics.json`` lists the threats
+(``{key, kind, attacked, budget}``) so that reading it back parses no names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from crmt.robustness.certify import certified_accuracy
+from crmt.robustness.settings import RobustnessSettings
+from crmt.robustness.threats import Scope, Threat
+
+
+def _multimodal(by_scope: Mapping[Scope, object]):
+    return next(value for scope, value in by_scope.items() if scope.multimodal)
+
+
+@dataclass(frozen=True)
+class RadiusSummary:
+    """Certified radii of one scope over the samples: mean, median, and the certified accuracy (the
+    fraction of samples correct with radius >= r) at each r of the certificate's radius grid."""
+
+    mean: float
+    median: float
+    certified_accuracy: list[float]
+
+    @classmethod
+    def of(cls, radius: torch.Tensor, correct: torch.Tensor, radius_grid: Sequence[float]) -> RadiusSummary:
+        """From the radii (N,) and the clean correctness (N,) bool of the samples."""
+        radius = radius.float()
+        grid = torch.tensor(radius_grid)
+        accuracy = certified_accuracy(radius.cpu(), correct.cpu(), grid).tolist()
+        return cls(radius.mean().item(), radius.median().item(), accuracy)
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "median": self.median, "certified_accuracy": list(self.certified_accuracy)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> RadiusSummary:
+        return cls(data["mean"], data["median"], list(data["certified_accuracy"]))
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Certified radii from one pair Lipschitz table: where its constants come from (``lipschitz``),
+    the radii at which certified accuracy is reported, and a summary per scope (multi-modal radius,
+    Proposition 3.4; each modality's uni-modal radius)."""
+
+    lipschitz: str
+    radius_grid: list[float]
+    radii: dict[Scope, RadiusSummary]
+
+    @property
+    def multimodal(self) -> RadiusSummary:
+        return _multimodal(self.radii)
+
+    def to_json(self) -> dict:
+        summaries = {scope.key: summary.to_json() for scope, summary in self.radii.items()}
+        return {"lipschitz": self.lipschitz, "radius_grid": list(self.radius_grid), **summaries}
+
+    @classmethod
+    def from_json(cls, data: Mapping, modalities: Sequence[str]) -> Certificate:
+        radii = {scope: RadiusSummary.from_json(data[scope.key]) for scope in Scope.every(modalities)}
+        return cls(data["lipschitz"], list(data["radius_grid"]), radii)
+
+
+@dataclass(frozen=True)
+class EtaRatio:
+    """eta^(numerator) / eta^(denominator) per class pair (y row, j column), the vulnerability of one
+    modality against another's (method.md §1, the paper's Figure 3); ``None`` on the diagonal.
+    ``mean_log_ratio``: the mean natural log of the off-diagonal ratios (> 0: the numerator's
+    modality is the more vulnerable one), ``None`` without off-diagonal cells."""
+
+    numerator: str
+    denominator: str
+    matrix: list[list[float | None]]
+    mean_log_ratio: float | None
+
+    @classmethod
+    def of(cls, ratio: torch.Tensor, numerator: str, denominator: str) -> EtaRatio:
+        """From the (K, K) ratio with NaN on the diagonal."""
+        off_diagonal = ratio[~torch.isnan(ratio)]
+        mean_log = off_diagonal.clamp_min(1e-12).log().mean().item() if off_diagonal.numel() else None
+        matrix = [[None if v != v else v for v in row] for row in ratio.tolist()]
+        return cls(numerator, denominator, matrix, mean_log)
+
+    @property
+    def pair(self) -> str:
+        """``<numerator>/<denominator>``, as figures and tables label the ratio."""
+        return f"{self.numerator}/{self.denominator}"
+
+    def array(self) -> np.ndarray:
+        """The (K, K) ratios, NaN on the diagonal."""
+        return np.array([[np.nan if v is None else v for v in row] for row in self.matrix], dtype=float)
+
+    def to_json(self) -> dict:
+        return {
+            "pair": self.pair,
+            "numerator": self.numerator,
+            "denominator": self.denominator,
+            "matrix": self.matrix,
+            "mean_log_ratio": self.mean_log_ratio,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> EtaRatio:
+        return cls(data["numerator"], data["denominator"], [list(row) for row in data["matrix"]], data["mean_log_ratio"])
+
+
+@dataclass(frozen=True)
+class AuditCounts:
+    """The radius audit (:mod:`crmt.robustness.audit`), summed over ranks: samples ``attacked``, those
+    ``eligible`` (positive radius), the ``violations`` among them; ``sound``: the same for the sound
+    radii when they were audited too."""
+
+    attacked: int
+    eligible: int
+    violations: int
+    sound: AuditCounts | None = None
+
+    @property
+    def violation_rate(self) -> float:
+        """violations / eligible (0 without eligible samples)."""
+        return self.violations / self.eligible if self.eligible else 0.0
+
+    def to_json(self) -> dict:
+        """The counts, and the sound audit's under ``sound_``-prefixed keys."""
+        counts = {"attacked": self.attacked, "eligible": self.eligible, "violations": self.violations,
+                  "violation_rate": self.violation_rate}
+        sound = {} if self.sound is None else {f"sound_{key}": value for key, value in self.sound.to_json().items()}
+        return {**counts, **sound}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> AuditCounts:
+        sound = None
+        if "sound_attacked" in data:
+            sound = cls(data["sound_attacked"], data["sound_eligible"], data["sound_violations"])
+        return cls(data["attacked"], data["eligible"], data["violations"], sound)
+
+
+@dataclass(frozen=True)
+class AccuracyCurves:
+    """Accuracy under l2-PGD at each of ``radii`` (0 first: the clean accuracy), per scope (the
+    paper's Figures 1, 4 and 5)."""
+
+    radii: list[float]
+    accuracy: dict[Scope, list[float]]
+
+    @property
+    def multimodal(self) -> list[float]:
+        return _multimodal(self.accuracy)
+
+    def to_json(self) -> dict:
+        return {"radii": list(self.radii), **{scope.key: list(values) for scope, values in self.accuracy.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping, modalities: Sequence[str]) -> AccuracyCurves:
+        return cls(list(data["radii"]), {scope: list(data[scope.key]) for scope in Scope.every(modalities)})
+
+
+@dataclass(frozen=True)
+class RobustnessMetrics:
+    """Every number of one evaluation (the content of ``metrics.json``, less the report's name and
+    run context).
+
+    Attributes:
+        samples: evaluated samples (all ranks).
+        modalities: the model's modality names, in its order.
+        settings: what was evaluated.
+        accuracy: per threat, in the column order of the paper's Table 2.
+        curves: accuracy against the l2-PGD radius.
+        certified: radii of the common protocol (every model's Lipschitz table estimated over the
+            evaluated samples); ``None`` when not certified.
+        eta_ratio: the default pair's eta ratio (modality 0 over modality 1) from that table.
+        audit: the radius audit of those radii.
+        certified_model: radii from the model's own table (CRMT's tau~ over the training set).
+        certified_sound: radii from sound Lipschitz upper bounds.
+        sound_note: why there are no sound radii, when there are none and it is worth saying.
+    """
+
+    samples: int
+    modalities: list[str]
+    settings: RobustnessSettings
+    accuracy: dict[Threat, float]
+    curves: AccuracyCurves
+    certified: Certificate | None = None
+    eta_ratio: EtaRatio | None = None
+    audit: AuditCounts | None = None
+    certified_model: Certificate | None = None
+    certified_sound: Certificate | None = None
+    sound_note: str = ""
+
+    @property
+    def threats(self) -> list[Threat]:
+        """The threats evaluated, in the column order of the paper's Table 2."""
+        return list(self.accuracy)
+
+    def to_json(self) -> dict:
+        """The ``metrics.json`` layout: ``accuracy`` by threat key and ``threats`` describing each key;
+        ``certified_sound`` holds ``{"note": ...}`` when there are no sound radii but a note."""
+        data: dict = {
+            "samples": self.samples,
+            "modalities": list(self.modalities),
+            "settings": self.settings.to_json(),
+            "threats": [threat.to_json() for threat in self.accuracy],
+            "accuracy": {threat.key: value for threat, value in self.accuracy.items()},
+            "curves": self.curves.to_json(),
+        }
+        optional = {
+            "certified": self.certified, "eta_ratio": self.eta_ratio, "audit": self.audit,
+            "certified_model": self.certified_model, "certified_sound": self.certified_sound,
+        }
+        data.update({key: value.to_json() for key, value in optional.items() if value is not None})
+        if self.certified_sound is None and self.sound_note:
+            data["certified_sound"] = {"note": self.sound_note}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> RobustnessMetrics:
+        """The metrics of :meth:`to_json` (other keys, such as the report's ``name`` and ``run``, are ignored)."""
+        modalities = list(data["modalities"])
+        threats = [Threat.from_json(threat) for threat in data["threats"]]
+        sound = data.get("certified_sound", {})
+
+        def certificate(key: str) -> Certificate | None:
+            return Certificate.from_json(data[key], modalities) if key in data and "lipschitz" in data[key] else None
+
+        return cls(
+            samples=data["samples"],
+            modalities=modalities,
+            settings=RobustnessSettings.from_json(data["settings"]),
+            accuracy={threat: data["accuracy"][threat.key] for threat in threats},
+            curves=AccuracyCurves.from_json(data["curves"], modalities),
+            certified=certificate("certified"),
+            eta_ratio=EtaRatio.from_json(data["eta_ratio"]) if "eta_ratio" in data else None,
+            audit=AuditCounts.from_json(data["audit"]) if "audit" in data else None,
+            certified_model=certificate("certified_model"),
+            certified_sound=certificate("certified_sound"),
+            sound_note=sound.get("note", ""),
+        )

@@ -1,0 +1,85 @@
+"""What a robustness evaluation computes: budgets, PGD steps, curves, certificates and the audit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from crmt.robustness.attacks import L2PGD
+from crmt.robustness.threats import Scope, Threat
+
+
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """What to evaluate; defaults follow the paper's protocol (method.md §5, baselines.md §10).
+
+    Attributes:
+        multimodal_eps: joint l2 budget of the multi-modal FGM and PGD (0.5).
+        unimodal_eps: l2 budget of the uni-modal FGM and PGD (1.0).
+        steps / step_fraction / random_start: PGD settings (4 steps of eps / 3, no random start).
+        missing_fill: value of a missing modality's normalised input (0: the data mean).
+        curve_radii: increasing budgets of the accuracy-vs-radius curves (PGD continued across the
+            radii from the table's attack, multi-modal and per modality; see ``_BatchAttacks.curves``).
+        curve_steps: PGD steps at each curve radius other than the table's budget.
+        certify: compute estimated certified radii (needs a certifiable model).
+        sound_certificate: also compute radii from sound Lipschitz upper bounds.
+        audit_samples: how many samples (per rank) the radius audit attacks; 0 turns it off.
+        audit_steps / audit_fraction: PGD steps and budget (fraction of the radius) of the audit,
+            which starts from the multi-modal table attack's example rescaled to that budget.
+        audit_sound: audit the sound radii too (they must show no violation).
+        radius_grid: radii at which certified accuracy is reported.
+        seed: seeds random starts.
+    """
+
+    multimodal_eps: float = 0.5
+    unimodal_eps: float = 1.0
+    steps: int = 4
+    step_fraction: float = 1 / 3
+    random_start: bool = False
+    missing_fill: float = 0.0
+    curve_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
+    curve_steps: int = 1
+    certify: bool = True
+    sound_certificate: bool = True
+    audit_samples: int = 256
+    audit_steps: int = 5
+    audit_fraction: float = 0.99
+    audit_sound: bool = False
+    radius_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("multimodal_eps", "unimodal_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if min(self.steps, self.audit_steps, self.curve_steps) < 1:
+            raise ValueError(
+                f"steps, audit_steps and curve_steps must be >= 1, got {self.steps}, {self.audit_steps}, {self.curve_steps}"
+            )
+        if any(r <= 0 for r in self.curve_radii) or list(self.curve_radii) != sorted(set(self.curve_radii)):
+            raise ValueError(f"curve_radii must be positive and increasing, got {self.curve_radii}")
+        if self.audit_samples < 0:
+            raise ValueError(f"audit_samples must be >= 0, got {self.audit_samples}")
+
+    def pgd(self, eps: float, modalities: Sequence[int] | None = None, steps: int | None = None) -> L2PGD:
+        return L2PGD(eps, steps or self.steps, self.step_fraction, self.random_start, modalities)
+
+    def budget(self, scope: Scope) -> float:
+        """The l2 budget of the table's attacks on ``scope``: ``multimodal_eps`` or ``unimodal_eps``."""
+        return self.multimodal_eps if scope.multimodal else self.unimodal_eps
+
+    def threats(self, modalities: Sequence[str]) -> list[Threat]:
+        """The columns of the paper's Table 2 in order: clean, multi-modal FGM and PGD, each
+        modality's FGM and PGD, each modality missing."""
+        everything, *single = Scope.every(modalities)
+        threats = [Threat("clean"), *(Threat(kind, everything.modalities, self.budget(everything)) for kind in ("fgm", "pgd"))]
+        threats += [Threat(kind, scope.modalities, self.budget(scope)) for scope in single for kind in ("fgm", "pgd")]
+        return threats + [Threat("missing", scope.modalities) for scope in single]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> RobustnessSettings:
+        """The settings of :meth:`to_json` (JSON lists back to tuples)."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
