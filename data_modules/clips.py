@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import tempfile
 import uuid
 import warnings
@@ -222,6 +223,10 @@ class ClipDataset(Dataset[Sample | None]):
     A clip that fails to decode raises :class:`ClipDecodeError` (``on_bad_clip="raise"``) or is
     returned as ``None`` with a warning and recorded in ``skip_log`` (``"skip"``);
     :func:`collate_clips` drops those.
+
+    :attr:`media` switches the inputs off: a sample is then only its ``label`` and ``index`` and
+    nothing is read or decoded (CRMT's step 2 reads its cached scores by index). The switch lives
+    in shared memory, so DataLoader workers see it from their next item.
     """
 
     def __init__(
@@ -242,6 +247,16 @@ class ClipDataset(Dataset[Sample | None]):
         self.cache = cache
         self.seed = seed
         self.skip_log = skip_log
+        self._media = torch.ones((), dtype=torch.bool).share_memory_()
+
+    @property
+    def media(self) -> bool:
+        """Whether samples carry their inputs (True) or only ``label`` and ``index`` (False)."""
+        return bool(self._media)
+
+    @media.setter
+    def media(self, enabled: bool) -> None:
+        self._media.fill_(enabled)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -260,6 +275,9 @@ class ClipDataset(Dataset[Sample | None]):
     def __getitem__(self, key: int | tuple[int, int]) -> Sample | None:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         record = self.records[index]
+        identity = {"label": torch.tensor(record.label, dtype=torch.int64), "index": torch.tensor(index, dtype=torch.int64)}
+        if not self.media:
+            return identity
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index)) if self.train else None
         try:
             inputs = self.settings.transform(self.arrays(index), train=self.train, generator=generator)
@@ -270,11 +288,7 @@ class ClipDataset(Dataset[Sample | None]):
             if self.skip_log is not None:
                 self.skip_log.add(str(record.path), error.reason or str(error))
             return None
-        return {
-            **inputs,
-            "label": torch.tensor(record.label, dtype=torch.int64),
-            "index": torch.tensor(index, dtype=torch.int64),
-        }
+        return {**inputs, **identity}
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -345,13 +359,13 @@ class MediaDataModule(L.LightningDataModule):
         num_classes: int,
         settings: ClipPipeline,
         batch_size: int,
-        num_workers: int,
+        num_workers: int | None,
         on_bad_clip: BadClipPolicy,
         seed: int,
         cache_dir: str | None,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or batch_size < 1 or num_workers < 0:
+        if num_classes < 1 or batch_size < 1 or (num_workers is not None and num_workers < 0):
             raise ValueError(
                 f"need num_classes >= 1, batch_size >= 1 and num_workers >= 0, "
                 f"got {num_classes}, {batch_size} and {num_workers}"
@@ -470,16 +484,24 @@ class MediaDataModule(L.LightningDataModule):
                 "val": "; validation needs some (trainer.limit_val_batches=0 trains without validation)",
             }.get(split, "; there is nothing to test (--test_after_fit false skips the test after fit)")
             raise ValueError(f"the {split!r} split of {self.source} has no usable clips{advice}")
+        workers = self.loader_workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=self._training_order(dataset) if shuffle else None,
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=collate_clips,
-            pin_memory=False,
-            persistent_workers=False,
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def loader_workers(self) -> int:
+        """``num_workers``, or when it is ``None`` the CPU cores this process may use shared among the
+        training processes of its node (one per device), at least 1."""
+        if self.num_workers is not None:
+            return self.num_workers
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        return max(1, len(os.sched_getaffinity(0)) // processes)
 
     def _training_order(self, dataset: ClipDataset) -> EpochShuffle:
         """This rank's shuffled shard, from the epoch the Trainer is about to run (not 0 when resuming)."""
@@ -521,7 +543,7 @@ class ClipDataModule(MediaDataModule):
         num_classes: int,
         clip: ClipSettings = ClipSettings(),
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
         cache_dir: str | None = None,

@@ -51,7 +51,7 @@ class EmbeddedAVDataModule(ClipDataModule):
         visual_confusion: float = 0.0,
         clip: ClipSettings = EMBEDDED_CLIP,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:

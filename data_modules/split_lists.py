@@ -29,7 +29,7 @@ class SplitListDataModule(MediaDataModule):
         settings: ClipPipeline,
         val_fraction: float,
         batch_size: int,
-        num_workers: int,
+        num_workers: int | None,
         on_bad_clip: BadClipPolicy,
         seed: int,
         cache_dir: str | None,
@@ -107,7 +107,7 @@ class AudioVisualSplitListDataModule(SplitListDataModule):
         val_fraction: float = 0.0,
         cache_dir: str | None = "data/cache",
         batch_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:

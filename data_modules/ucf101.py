@@ -32,7 +32,7 @@ class UCF101DataModule(SplitListDataModule):
         val_fraction: float = 0.0,
         cache_dir: str | None = "data/cache",
         batch_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:

@@ -154,3 +154,19 @@ def orthogonal_validation_by_hand(model: LightningModule, loader: DataLoader) ->
             correct.append(max(range(len(bias)), key=lambda k: logits[k]) == label)
             radii.append(orthogonal_radius_by_hand(sample, integration, bias, tau, label))
     return sum(correct) / len(correct), sum(radii) / len(radii)
+
+
+def tau_by_hand(model: LightningModule, dataset: Dataset) -> torch.Tensor:
+    """tau~ (M, K) recomputed independently: max over the samples of ``dataset`` of ||d s_k^(m)(x) / d x^(m)||_2,
+    one sample and one class at a time, in evaluation mode, with plain autograd (method.md §4)."""
+    model.eval()
+    weights = [w.detach() for w in model.head.modality_weights()]
+    tau = torch.zeros(len(model.modalities), model.num_classes)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        for m, name in enumerate(model.modalities):
+            for k in range(model.num_classes):
+                x = sample[name].unsqueeze(0).requires_grad_(True)
+                (gradient,) = torch.autograd.grad((model.encode_modality(m, x) @ weights[m][k]).sum(), x)
+                tau[m, k] = max(tau[m, k], gradient.norm())
+    return tau

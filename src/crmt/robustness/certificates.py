@@ -21,7 +21,7 @@ from crmt.models.protocol import CertifiableModel, is_certifiable
 from crmt.robustness.attacks import CleanPass, ascent_direction
 from crmt.robustness.certify import linear_pair_lipschitz, orthogonal_pair_lipschitz
 from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms, score_input_gradients
-from crmt.robustness.modes import eval_mode, input_gradients
+from crmt.robustness.modes import eval_mode, float32_math, input_gradients
 
 
 def score_function(model: CertifiableModel, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -70,7 +70,7 @@ class LipschitzEstimator:
         """
         self._require_per_class()
         scores = []
-        with eval_mode(self.model):
+        with eval_mode(self.model), float32_math():
             for m, x in enumerate(inputs):
                 modality_scores, norms = score_gradient_norms(score_function(self.model, m), x, self.method)
                 self.raw[m] = torch.maximum(self.raw[m], norms.max(dim=0).values)
@@ -80,7 +80,7 @@ class LipschitzEstimator:
 
     def update(self, inputs: Sequence[torch.Tensor]) -> None:
         """Fold in one batch: ``inputs`` in the model's modality order."""
-        with eval_mode(self.model), input_gradients():
+        with eval_mode(self.model), input_gradients(), float32_math():
             for m, tensor in enumerate(inputs):
                 x = tensor.detach().clone().requires_grad_(True)
                 self._fold(m, self.model.encode_modality(m, x), x)
@@ -95,7 +95,7 @@ class LipschitzEstimator:
         (see :meth:`_fold` for the pair head's differences).
         """
         model = self.model
-        with eval_mode(model), input_gradients():
+        with eval_mode(model), input_gradients(), float32_math():
             x = [t.detach().clone().requires_grad_(True) for t in inputs]
             features = [model.encode_modality(m, xm) for m, xm in enumerate(x)]
             with torch.no_grad():

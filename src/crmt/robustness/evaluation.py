@@ -40,7 +40,7 @@ from crmt.robustness.attacks import (
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
 from crmt.robustness.certify import certified_radius, unimodal_radius
-from crmt.robustness.modes import eval_mode
+from crmt.robustness.modes import eval_mode, float32_math
 from crmt.robustness.results import (
     AccuracyCurves,
     AuditCounts,
@@ -260,9 +260,9 @@ def evaluate_batch(
     ``estimator`` too, sharing its clean pass.
 
     Runs outside inference mode (Lightning evaluates under it), so that every tensor made here
-    can be updated in place and differentiated.
+    can be updated in place and differentiated, and in float32 (autocast off).
     """
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), float32_math():
         batch = _BatchAttacks(model, inputs, labels, settings, pixel_ranges, generator, estimator)
         modalities = list(model.modalities)
         scopes = Scope.every(modalities)

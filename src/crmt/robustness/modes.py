@@ -1,4 +1,4 @@
-"""Context managers that put a model into evaluation state and restore it afterwards."""
+"""Context managers: evaluation state restored afterwards, input gradients in any loop, float32 math."""
 
 from __future__ import annotations
 
@@ -27,4 +27,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def input_gradients() -> Iterator[None]:
     """Autograd on, inference mode off: input gradients work even inside Lightning's eval loops."""
     with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextmanager
+def float32_math() -> Iterator[None]:
+    """Autocast off on every device type, so certificates (tau~, radii, step 2's bound) and attacks'
+    projections run in float32 even inside a ``bf16-mixed`` or ``16-mixed`` training or evaluation step."""
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
         yield

@@ -6,8 +6,9 @@ training set (max-reduced across ranks) and the frozen uni-modal scores of every
 validation sample are cached (gathered from every rank); the checkpoint of that epoch holds
 the switch. Step 2 (the remaining epochs): only a^(m) is updated, to maximise
 the mean certified bound r_j of the runner-up class, from the cached scores; the encoders
-never run in step 2. After each step-2 epoch the validation scores give the mean certified
-radius of the current a^(m); the model ends with the a^(m) of the best such epoch (the
+never run in step 2, and the training loader yields only dataset indices then (a dataset with a
+``media`` switch, as :class:`data_modules.clips.ClipDataset`, decodes nothing). After each step-2
+epoch the validation scores give the mean certified radius of the current a^(m); the model ends with the a^(m) of the best such epoch (the
 switch's a^(m) included) among those whose validation accuracy is not below the switch's
 (``step2_selection="best_val"``): step 2 may raise the certified bound but never at the cost
 of clean accuracy, and the test split is never looked at. The phase, tau~, a^(m), the
@@ -36,7 +37,7 @@ from crmt.models.heads import OrthogonalFusion, integrate_scores
 from crmt.robustness.certificates import LipschitzEstimator, score_function
 from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
 from crmt.robustness.lipschitz import GradientMethod
-from crmt.robustness.modes import eval_mode
+from crmt.robustness.modes import eval_mode, float32_math
 from crmt.strategies.base import Batch, MultiModalModule
 from crmt.strategies.phases import TwoStepTraining
 
@@ -133,6 +134,7 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
             self.score_cache, _ = self._collect_scores(loader, estimate_tau=False)
             _set_sampler_epoch(loader, self.current_epoch)
             self.val_cache = self._collect_validation_scores()
+            self._set_training_media(False)
 
     def enter_step2(self, last_step1_epoch: int) -> None:
         """Estimate tau~, cache the training and validation scores (method.md §3)."""
@@ -142,11 +144,19 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
         self.tau.copy_(tau)
         self.val_cache = self._collect_validation_scores()
         self._start_selection(last_step1_epoch)
+        self._set_training_media(False)
         rank_zero_info(
             f"CRMT phase switch after epoch {last_step1_epoch} (step 2 starts at epoch {last_step1_epoch + 1}): "
             f"tau~ estimated and scores of {int(self.score_cache.present.sum())} training clips (and the "
             f"validation clips') cached in {time.perf_counter() - start:.1f} s"
         )
+
+    def _set_training_media(self, enabled: bool) -> None:
+        """Switch the training samples' inputs on or off where the dataset can (a ``media`` attribute):
+        step 2 reads only ``index`` and ``label``, so its epochs decode nothing."""
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "media"):
+            dataset.media = enabled
 
     def _use_rank_zero_buffers(self) -> None:
         """Give every DDP rank rank 0's buffers (BatchNorm running statistics), the ones checkpoints hold.
@@ -168,7 +178,7 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
         """
         estimator = LipschitzEstimator(self, self.hparams.tau_method) if estimate_tau else None
         scores, labels, indices = [], [], []
-        with eval_mode(self):
+        with eval_mode(self), float32_math():
             for batch in loader:
                 if batch is None:
                     continue
@@ -257,8 +267,13 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
     def _step2_update(self, batch: Batch) -> None:
         optimizer = self.optimizers()[1]
         index = batch["index"].to(self.tau.device)
-        loss, parts = self.step2_loss(index)
-        (grad,) = torch.autograd.grad(loss, self.head.integration)
+        index = index[self.score_cache.present[index]]  # a clip that failed to decode at the switch has no scores
+        if index.numel() == 0:  # still take part in the gradient's all-reduce
+            grad, parts = torch.zeros_like(self.head.integration), {}
+        else:
+            with float32_math():
+                loss, parts = self.step2_loss(index)
+                (grad,) = torch.autograd.grad(loss, self.head.integration)
         if self.trainer.world_size > 1:
             grad = self.trainer.strategy.reduce(grad, reduce_op="mean")
         optimizer.zero_grad()
@@ -287,10 +302,13 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
         return orthogonal_pair_lipschitz(self.head.integration.detach(), self.tau)
 
     def log_extra_metrics(self, output, batch: Batch, stage: str) -> None:
+        """``<stage>/certified_radius``: the mean radius from tau~ of the step's logits (under mixed precision
+        those of the reduced-precision forward, the radius arithmetic in float32; the report's are float32)."""
         pair_lipschitz = self.known_pair_lipschitz()
         if pair_lipschitz is None:
             return
-        radius = certified_radius(output.logits, batch["label"], pair_lipschitz)
+        with float32_math():
+            radius = certified_radius(output.logits.float(), batch["label"], pair_lipschitz)
         self.log(f"{stage}/certified_radius", radius.mean(), batch_size=radius.shape[0], sync_dist=True)
 
 
