@@ -62,17 +62,21 @@ class LipschitzEstimator:
         with torch.inference_mode(False):  # updated in place later, also from Lightning's eval loops
             self.raw = torch.zeros(shape, device=model.device)
         self.samples = 0
+        self._score_functions: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
 
     def scores(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Fold in one batch (``inputs`` in the model's modality order) and return its uni-modal
         scores s^(m) (M, B, K), for a per-class head (CRMT's tau~ over the training set, method.md §3):
-        only the gradient norms are taken, never the K gradients at once.
+        only the gradient norms are taken, never the K gradients at once. The head's W~^(m) is read at
+        the first call: one estimator serves one pass over a data set at fixed weights.
         """
         self._require_per_class()
+        if self._score_functions is None:
+            self._score_functions = [score_function(self.model, m) for m in range(len(inputs))]
         scores = []
         with eval_mode(self.model), float32_math():
-            for m, x in enumerate(inputs):
-                modality_scores, norms = score_gradient_norms(score_function(self.model, m), x, self.method)
+            for m, (score_fn, x) in enumerate(zip(self._score_functions, inputs, strict=True)):
+                modality_scores, norms = score_gradient_norms(score_fn, x, self.method)
                 self.raw[m] = torch.maximum(self.raw[m], norms.max(dim=0).values)
                 scores.append(modality_scores)
         self.samples += int(inputs[0].shape[0])

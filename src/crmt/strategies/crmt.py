@@ -177,6 +177,7 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
         (zeros when not estimated).
         """
         estimator = LipschitzEstimator(self, self.hparams.tau_method) if estimate_tau else None
+        score_fns = [score_function(self, m) for m in range(len(self.modalities))]  # the head's W~, read once
         scores, labels, indices = [], [], []
         with eval_mode(self), float32_math():
             for batch in loader:
@@ -187,7 +188,7 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
                 if estimator is not None:
                     batch_scores = estimator.scores(inputs)
                 else:
-                    batch_scores = torch.stack([score_function(self, m)(x) for m, x in enumerate(inputs)])
+                    batch_scores = torch.stack([score_fn(x) for score_fn, x in zip(score_fns, inputs, strict=True)])
                 scores.append(batch_scores.transpose(0, 1))
                 labels.append(batch["label"])
                 indices.append(batch["index"])
