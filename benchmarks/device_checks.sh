@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
-# GPU checks, run once on a lent GPU machine (no install there: its python3 has torch and lightning;
-# PyAV travels as a wheel in .whl/). Writes everything under $OUT (default runs/device).
+# Every GPU check, in one run on a lent GPU machine (its python3 has torch, lightning, torchaudio; the rest
+# travels as wheels in .whl/, installed by the caller). Writes everything under $OUT (default runs/device).
 #   PYTHONPATH=src:. bash benchmarks/device_checks.sh
-# The PyAV wheel for the GPU machine's Python 3.12, fetched on the development machine first:
+# Wheels for the GPU machine's Python 3.12, fetched on the development machine first:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 -d .whl av==18.1.0
-# and installed there before this script: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+#     --platform manylinux_2_28_x86_64 -d .whl av==18.1.0 jsonargparse==4.53.0 docstring_parser==0.18.0 \
+#     typeshed_client==2.15.0
+# and installed there first: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+# SMALL=1 runs the same steps at CPU sizes (a dry run of this script on any machine). Files under $OUT:
+# log.txt (everything printed), scale.json, loader.json, fit_{fp32,bf16}_metrics.json.
 set -uo pipefail
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
-export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import os, torch, lightning; print('torch', torch.__version__, '| lightning', lightning.__version__, '| cpus', os.cpu_count())"
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+SMALL=${SMALL:-}
+exec > >(tee -a "$OUT/log.txt") 2>&1
+step() { echo "=== $(date +%T) $*"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import os, torch, lightning; print('torch', torch.__version__, '| lightning', lightning.__version__, '| cpus', os.cpu_count())"
 
-# 1. make bench-scale --paper-sizes: step 1 (Lightning vs plain loop, fp32 vs bf16), tau~ loop vs batched, step 2 vs step 1, memory
-timeout 330 python3 -m benchmarks.scale --paper-sizes --out "$OUT/scale.json" 2>&1 | grep -v Warning | tee "$OUT/scale.log"
+step "1. bench-scale: step 1 (Lightning vs plain, fp32 vs bf16, channels_last), tau~ loop vs batched, step 2, memory"
+SCALE_ARGS=(--paper-sizes) && [ -n "$SMALL" ] && SCALE_ARGS=()
+timeout 200 python3 -m benchmarks.scale "${SCALE_ARGS[@]}" --out "$OUT/scale.json" 2>&1 | grep -v Warning
 
-# 2. the per-clip cache read by 4, 8 and 16 DataLoader workers at paper input sizes (fake 10 s clips, made in parallel)
+step "2. host-to-device copy of one paper-size frame batch (64 x 3 x 3 x 224 x 224), pinned: uint8 vs float32"
+timeout 60 python3 - <<'PY' 2>&1
+import time, torch
+if not torch.cuda.is_available():
+    raise SystemExit("no CUDA: skipped")
+shape = (64, 3, 3, 224, 224)
+for dtype in (torch.uint8, torch.float32):
+    host = torch.zeros(shape, dtype=dtype).pin_memory()
+    for _ in range(3):
+        host.to("cuda", non_blocking=True)
+    torch.cuda.synchronize(); start = time.perf_counter()
+    for _ in range(20):
+        host.to("cuda", non_blocking=True)
+    torch.cuda.synchronize(); ms = (time.perf_counter() - start) / 20 * 1e3
+    print(f"{str(dtype):14s} {host.numel() * host.element_size() / 2**20:7.1f} MiB  {ms:6.2f} ms per batch")
+PY
+
+step "3. loader at paper input sizes (fake 10 s clips): decoding, prepare and cache at 16 workers, then the cache at 4 and 1"
+CLIPS=256 && [ -n "$SMALL" ] && CLIPS=16
 WORK=/tmp/loader_bench
-python3 - <<'PY'
+timeout 60 python3 - "$CLIPS" <<'PY'
+import sys
 from multiprocessing import Pool
 from pathlib import Path
 from benchmarks.loader import fake_clip
@@ -33,10 +56,24 @@ def make(index):
     write_mp4(media / f"{name}.mp4", video=video, audio=audio, fps=25, audio_rate=44100)
     return f"{name} {index % 31}"
 with Pool(16) as pool:
-    lines = pool.map(make, range(128))
+    lines = pool.map(make, range(int(sys.argv[1])))
 Path("/tmp/loader_bench/ks_train.txt").write_text("\n".join(lines) + "\n")
 PY
-for workers in 4 8 16; do
-  timeout 150 python3 -m benchmarks.loader --clips 128 --workers "$workers" --batch 8 --epochs 2 --steps 1 \
-    --work-dir "$WORK" --out "$OUT/loader_w$workers.json" 2>&1 | grep -v Warning | tee -a "$OUT/loader.log"
+LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --epochs 2 --steps 1 --work-dir "$WORK")
+WIDEST=16 && [ -n "$SMALL" ] && WIDEST=2
+timeout 120 "${LOADER[@]}" --workers $WIDEST --out "$WORK/loader_w$WIDEST.json" 2>&1 | grep -v Warning
+for workers in 4 1; do
+  timeout 60 "${LOADER[@]}" --cache-only --workers "$workers" --out "$WORK/loader_w$workers.json" 2>&1 | grep -v Warning
 done
+python3 -c "import json, pathlib, sys; print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob('loader_w*.json'))}, indent=1))" "$WORK" > "$OUT/loader.json"
+
+step "4. make train EXP=crmt_jt on the GPU (embedded data): fp32, then bf16-mixed with channels_last"
+FIT=(fit $(python3 -m crmt.experiments crmt_jt) --trainer.logger false)
+timeout 120 python3 -m crmt "${FIT[@]}" --trainer.default_root_dir /tmp/fit_fp32 > /tmp/fit_fp32.log 2>&1
+timeout 120 python3 -m crmt "${FIT[@]}" --trainer.default_root_dir /tmp/fit_bf16 --trainer.precision bf16-mixed \
+  --trainer.callbacks+=crmt.callbacks.ChannelsLast > /tmp/fit_bf16.log 2>&1
+for run in fp32 bf16; do
+  echo "--- fit $run"; grep -v -i warn "/tmp/fit_$run.log" | tail -n 30
+  cp /tmp/fit_$run/report/metrics.json "$OUT/fit_${run}_metrics.json" 2>/dev/null || echo "no metrics for $run"
+done
+step done

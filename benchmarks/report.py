@@ -22,16 +22,15 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from crmt.cli import DEFAULTS_FILE as DEFAULTS
 from crmt.cli import main as crmt_main
-from crmt.models.protocol import MultiModalModel
+from crmt.models.protocol import Batch, MultiModalModel
 from crmt.robustness.attacks import L2PGD, PixelRanges, pixel_ranges_for, predict
 from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
 from crmt.robustness.report import write_report
@@ -56,15 +55,17 @@ def train(experiment: str, root: str) -> MultiModalModel:
     return cli.model.eval()
 
 
-def pgd_pass(model: MultiModalModel, loader: DataLoader, ranges: PixelRanges, eps: float) -> None:
-    for batch in loader:
+def pgd_pass(model: MultiModalModel, batches: Iterable[Batch], ranges: PixelRanges, eps: float) -> None:
+    for batch in batches:
         adversarial = L2PGD(eps)(model, model.inputs(batch), batch["label"], ranges)
         predict(model, adversarial)
 
 
-def report_pass(model: MultiModalModel, loader: DataLoader, ranges: PixelRanges, settings: RobustnessSettings) -> None:
+def report_pass(
+    model: MultiModalModel, batches: Iterable[Batch], ranges: PixelRanges, settings: RobustnessSettings
+) -> None:
     evaluator = RobustnessEvaluator(model, settings, ranges)
-    for batch in loader:
+    for batch in batches:
         evaluator.update(model.inputs(batch), batch["label"])
     with tempfile.TemporaryDirectory() as folder:
         write_report(evaluator.finalize(), Path(folder), "bench")
@@ -99,7 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model in models.items():
         ranges = pixel_ranges_for(model.modalities, data.pixel_normalization)
         seconds = interleaved_medians(
-            {"pgd_pass": lambda: pgd_pass(model, loader, ranges, settings.multimodal_eps), "report": lambda: report_pass(model, loader, ranges, settings)},
+            {
+                "pgd_pass": lambda: pgd_pass(model, map(data.normalize, loader), ranges, settings.multimodal_eps),
+                "report": lambda: report_pass(model, map(data.normalize, loader), ranges, settings),
+            },
             options.repeats,
         )
         ratio = seconds["report"] / seconds["pgd_pass"]

@@ -10,7 +10,9 @@ round (also the memory reading), then ``--repeats`` rounds; a value is the media
    A run times ``--steps`` steps after ``--warmup`` untimed ones; CUDA is synchronised before each
    clock read. ``lightning_overhead = plain rate / Lightning rate``: 1.00 is no overhead (target <= 1.05).
 2. The same under bf16 autocast (``precision="bf16-mixed"`` / ``torch.autocast``):
-   ``bf16_speedup = bf16 rate / fp32 rate``.
+   ``bf16_speedup = bf16 rate / fp32 rate``. The plain loop also runs on a copy of the model in
+   channels_last layout (:func:`crmt.models.layout.use_channels_last`, what the ``ChannelsLast``
+   callback does): ``channels_last_speedup = channels_last rate / default-layout rate``.
 3. tau~ estimation (``LipschitzEstimator.scores``) over N = ``--batches`` x batch clips, "loop" and
    "batched", against its lower limit (one forward plus K bare input-only backward passes per
    modality and batch): ``*_over_lower_limit = seconds / lower-limit seconds`` (1.00: at the limit);
@@ -29,6 +31,7 @@ Prints one JSON line, then a table; writes the JSON to ``--out``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import platform
@@ -46,6 +49,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 
 from crmt.losses import margin_regularizer
+from crmt.models.layout import use_channels_last
 from crmt.robustness.certificates import LipschitzEstimator, score_function
 from crmt.robustness.lipschitz import GradientMethod
 from crmt.robustness.modes import eval_mode
@@ -251,13 +255,16 @@ def interleaved(
 
 
 def bench_step1(model: CRMTJointTraining, data: list[Batch], sizes: Sizes) -> Measured:
-    """Clips/s of {lightning, plain} x {fp32, bf16}, each run over warmup + steps batches cycling ``data``."""
+    """Clips/s of {lightning, plain, plain in channels_last} x {fp32, bf16}, each run over warmup + steps
+    batches cycling ``data``."""
     loader = [data[i % len(data)] for i in range(sizes.warmup + sizes.steps)]
-    runners = {"lightning": lightning_step1, "plain": plain_step1}
+    nhwc = copy.deepcopy(model)
+    use_channels_last(nhwc)
+    runners = {"lightning": (lightning_step1, model), "plain": (plain_step1, model), "plain_cl": (plain_step1, nhwc)}
     candidates = {
-        f"{runner}_{precision}": lambda fn=fn, bf16=precision == "bf16": fn(model, loader, sizes.warmup, bf16)
+        f"{runner}_{precision}": lambda fn=fn, net=net, bf16=precision == "bf16": fn(net, loader, sizes.warmup, bf16)
         for precision in ("fp32", "bf16")
-        for runner, fn in runners.items()
+        for runner, (fn, net) in runners.items()
     }
     return interleaved(candidates, sizes.repeats, data[0]["label"].device)
 
@@ -326,6 +333,9 @@ def run_benchmark(sizes: Sizes, device: torch.device) -> dict:
             "lightning_overhead_bf16": ratio(step1["plain_bf16"], step1["lightning_bf16"]),
             "bf16_speedup_lightning": ratio(step1["lightning_bf16"], step1["lightning_fp32"]),
             "bf16_speedup_plain": ratio(step1["plain_bf16"], step1["plain_fp32"]),
+            "bf16_speedup_plain_cl": ratio(step1["plain_cl_bf16"], step1["plain_cl_fp32"]),
+            "channels_last_speedup_fp32": ratio(step1["plain_cl_fp32"], step1["plain_fp32"]),
+            "channels_last_speedup_bf16": ratio(step1["plain_cl_bf16"], step1["plain_bf16"]),
         },
         "tau_s": tau_s,
         "tau_ratios": {
@@ -357,7 +367,7 @@ def table(results: dict) -> str:
         for key in ("device", "sizes", "step1_clips_per_s", "step1_ratios", "tau_s", "epoch_s", "memory_mib")
     )
     peak = "peak MiB" if memory["kind"] == "cuda_max_allocated" else "process peak RSS MiB (never decreases)"
-    runners = (("lightning", "Lightning Trainer.fit"), ("plain", "plain PyTorch loop"))
+    runners = (("lightning", "Lightning Trainer.fit"), ("plain", "plain PyTorch loop"), ("plain_cl", "plain, channels_last"))
     rows = [
         ("step 1, clips/s", "fp32", "bf16", "bf16/fp32", f"{peak}: fp32 / bf16"),
         *(
@@ -368,6 +378,8 @@ def table(results: dict) -> str:
         ),
         ("  overhead plain/Lightning", fmt(ratios["lightning_overhead_fp32"], ".3f", "x"),
          fmt(ratios["lightning_overhead_bf16"], ".3f", "x"), "", ""),
+        ("  channels_last speed-up", fmt(ratios["channels_last_speedup_fp32"], ".2f", "x"),
+         fmt(ratios["channels_last_speedup_bf16"], ".2f", "x"), "", ""),
         ("tau~ over N clips", "seconds", "x limit", "", peak),
         *(
             (f"  {name}", fmt(tau[name], ".3f"), fmt(ratio(tau[name], tau["lower_limit"]), ".2f", "x"), "",

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from data_modules.augment import crop_and_flip
 from data_modules.cache import ClipCache
 from data_modules.decoding import ClipDecodeError, decode_audio, decode_sampled, probe_media, sample_frame_indices
-from data_modules.features import kaldi_fbank, normalize_fbank, normalize_frames
+from data_modules.features import channels_first, kaldi_fbank, normalize_fbank, normalize_pixels
 from data_modules.manifest import ClipRecord, read_manifest
 from data_modules.prepare_clips import PrepareReport, prepare_clips
 
@@ -44,9 +44,10 @@ class ClipPipeline(Protocol):
     """How clips become model inputs, in two stages so that the first can be cached.
 
     ``extract`` decodes a clip into compact arrays (cacheable, independent of training or
-    evaluation); ``transform`` turns them into the model's float32 inputs, one per key of
-    ``input_shapes``, sampling frames at random (from ``generator``) for training and centred
-    for evaluation.
+    evaluation); ``transform`` turns them into the model's inputs, one per key of ``input_shapes``,
+    sampling frames at random (from ``generator``) for training and centred for evaluation: float32,
+    except the pixel modalities (the keys of ``pixel_normalization``), which stay uint8 (C, T, H, W)
+    until the data module normalises the batch on the device.
     ``cache_fields`` are the settings that shape the extracted arrays.
     """
 
@@ -168,7 +169,8 @@ class ClipSettings:
     def transform(
         self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """``visual`` (3, num_frames, S, S) and ``audio`` (1, num_mel_bins, audio_frames) from
+        """``visual`` uint8 (3, num_frames, S, S), normalised on the device by the data module
+        (:meth:`MediaDataModule.normalize`), and ``audio`` float32 (1, num_mel_bins, audio_frames) from
         :meth:`extract`'s arrays; training draws frames (and crops) from ``generator``."""
         frames = torch.from_numpy(arrays["frames"])
         chosen = frames[sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)]
@@ -180,7 +182,7 @@ class ClipSettings:
             mean=self.audio_mean,
             std=self.audio_std * self.audio_std_factor,
         )
-        return {"visual": normalize_frames(chosen, self.visual_mean, self.visual_std), "audio": audio}
+        return {"visual": channels_first(chosen), "audio": audio}
 
 
 class SkipLog:
@@ -337,8 +339,10 @@ class MediaDataModule(L.LightningDataModule):
     :class:`ClipDataset` s -> DataLoaders, and the optional preprocessing cache.
 
     Subclasses set ``num_classes`` and ``settings`` (a :class:`ClipPipeline`) in ``__init__``
-    and implement :meth:`read_records`. Batches are dicts with one float32 tensor per key of
-    ``input_shapes`` (B, *shape), and ``label``, ``index`` (B,) int64. ``setup`` checks every
+    and implement :meth:`read_records`. Batches are dicts with one tensor per key of
+    ``input_shapes`` (B, *shape), and ``label``, ``index`` (B,) int64: float32 inputs, except pixel
+    modalities, which leave the DataLoader as uint8 and become normalised float32 once on the
+    device (:meth:`on_after_batch_transfer`, :meth:`normalize`). ``setup`` checks every
     clip of the requested splits before training starts; unusable ones raise one
     :class:`ClipDecodeError` listing them (``on_bad_clip="raise"``) or are dropped, counted in a
     warning and kept in ``skipped_clips`` as ``(path, reason)`` (``"skip"``), like the clips that
@@ -420,6 +424,21 @@ class MediaDataModule(L.LightningDataModule):
         Attacks use it to keep perturbed frames valid images; audio has no such range.
         """
         return self.settings.pixel_normalization
+
+    def normalize(self, batch: Sample | None) -> Sample | None:
+        """``batch`` with its uint8 pixel modalities (the keys of :attr:`pixel_normalization`,
+        (B, C, T, H, W)) normalised to float32 where they are; other entries as they are."""
+        if batch is None:
+            return None
+        pixels = self.pixel_normalization
+        return {
+            name: normalize_pixels(value, *pixels[name]) if name in pixels and value.dtype == torch.uint8 else value
+            for name, value in batch.items()
+        }
+
+    def on_after_batch_transfer(self, batch: Sample | None, dataloader_idx: int) -> Sample | None:
+        """Every batch the Trainer (or a strategy's ``batch_to_device``) moves to the device: :meth:`normalize`."""
+        return self.normalize(batch)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the splits and build (once) the datasets of the splits ``stage`` needs."""

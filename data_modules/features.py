@@ -1,4 +1,5 @@
-"""Model inputs from decoded media: normalised log-mel filterbanks and normalised frames."""
+"""Model inputs from decoded media: normalised log-mel filterbanks, and frames as uint8 pixels that are
+normalised where the batch arrives (the device)."""
 
 from __future__ import annotations
 
@@ -82,28 +83,22 @@ def log_mel_fbank(
     return normalize_fbank(fbank, target_frames=target_frames, mean=mean, std=std)
 
 
-def normalize_pixels(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Uint8 frames ``(T, H, W, C)`` to float32 ``(C, T, H, W)``, scaled to [0, 1] then normalised per channel."""
+def channels_first(frames: torch.Tensor) -> torch.Tensor:
+    """Uint8 frames ``(T, H, W, C)`` as contiguous uint8 ``(C, T, H, W)``: the form in which pixel
+    modalities leave the DataLoader (a quarter of float32's bytes), to be normalised on the device."""
     if frames.ndim != 4 or frames.dtype != torch.uint8:
         raise ValueError(f"expected uint8 frames of shape (T, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
-    channels = frames.shape[-1]
+    return frames.permute(3, 0, 1, 2).contiguous()
+
+
+def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Uint8 channels-first pixels of one clip ``(C, T, H, W)`` or a batch ``(B, C, T, H, W)`` to float32
+    on their device: scaled to [0, 1], then ``(x - mean_c) / std_c`` per channel."""
+    if pixels.ndim not in (4, 5) or pixels.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 pixels (C, T, H, W) or (B, C, T, H, W), got {pixels.dtype} {tuple(pixels.shape)}")
+    channels = pixels.shape[pixels.ndim - 4]
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ValueError(f"need {channels} mean and std values with std > 0, got {tuple(mean)} and {tuple(std)}")
-    video = frames.permute(3, 0, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(channels, 1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(channels, 1, 1, 1)
-    return (video - mean_t) / std_t
-
-
-def normalize_frames(
-    frames: torch.Tensor,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
-) -> torch.Tensor:
-    """Uint8 RGB frames ``(T, H, W, 3)`` to float32 ``(3, T, H, W)``, scaled to [0, 1] then normalised
-    per channel (ImageNet statistics by default)."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected RGB frames of shape (T, H, W, 3), got {tuple(frames.shape)}")
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"visual_mean and visual_std need 3 values each with std > 0, got {mean} and {std}")
-    return normalize_pixels(frames, mean, std)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(channels, 1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(channels, 1, 1, 1)
+    return (pixels.float().div_(255.0) - mean_t) / std_t

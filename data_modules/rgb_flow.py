@@ -9,7 +9,7 @@ import torch
 
 from data_modules.augment import crop_and_flip
 from data_modules.decoding import decode_sampled, probe_media, sample_frame_indices
-from data_modules.features import normalize_pixels
+from data_modules.features import channels_first
 from data_modules.flow import FLOW_BOUND, FLOW_MEAN, FLOW_STD, flow_images
 from data_modules.manifest import ClipRecord
 
@@ -85,14 +85,12 @@ class RgbFlowSettings:
     def transform(
         self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """``rgb`` (3, T, S, S) and ``flow`` (2, T, S, S) from :meth:`extract`'s arrays; training draws from ``generator``."""
+        """``rgb`` (3, T, S, S) and ``flow`` (2, T, S, S) uint8 from :meth:`extract`'s arrays, normalised on the
+        device by the data module (:meth:`MediaDataModule.normalize`); training draws from ``generator``."""
         frames, flow = torch.from_numpy(arrays["frames"]), torch.from_numpy(arrays["flow"])
         steps = sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)
         rgb, motion = frames[steps], flow[steps]
         if train and self.augment:
             rgb = crop_and_flip(rgb, generator=generator)
             motion = crop_and_flip(motion, flip_negates=0, generator=generator)
-        return {
-            "rgb": normalize_pixels(rgb, self.rgb_mean, self.rgb_std),
-            "flow": normalize_pixels(motion, self.flow_mean, self.flow_std),
-        }
+        return {"rgb": channels_first(rgb), "flow": channels_first(motion)}

@@ -18,15 +18,19 @@ from benchmarks import scale
 ROOT = Path(__file__).resolve().parents[1]
 
 NUMBER_FIELDS = {
-    "step1_clips_per_s": {"lightning_fp32", "plain_fp32", "lightning_bf16", "plain_bf16"},
+    "step1_clips_per_s": {
+        "lightning_fp32", "plain_fp32", "plain_cl_fp32", "lightning_bf16", "plain_bf16", "plain_cl_bf16",
+    },
     "step1_ratios": {
         "lightning_overhead_fp32", "lightning_overhead_bf16", "bf16_speedup_lightning", "bf16_speedup_plain",
+        "bf16_speedup_plain_cl", "channels_last_speedup_fp32", "channels_last_speedup_bf16",
     },
     "tau_s": {"loop", "batched", "lower_limit"},
     "tau_ratios": {"loop_over_lower_limit", "batched_over_lower_limit", "batched_over_loop", "batched_max_rel_diff"},
     "epoch_s": {"step1_epoch", "step2_epoch", "step1_over_step2"},
     "memory_mib": {
         "resident", "step1_lightning_fp32", "step1_plain_fp32", "step1_lightning_bf16", "step1_plain_bf16",
+        "step1_plain_cl_fp32", "step1_plain_cl_bf16",
         "tau_loop", "tau_batched", "tau_lower_limit", "step1_epoch", "step2_epoch",
     },
 }

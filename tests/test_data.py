@@ -16,7 +16,7 @@ from crmt.cli import main as crmt_main
 from data_modules import ClipDataModule, ClipDecodeError, ClipSettings, EmbeddedAVDataModule, EmbeddedDatasetSpec
 from data_modules.decoding import decode_audio, decode_clip, decode_frames, sample_frame_indices
 from data_modules.encoding import write_mp4
-from data_modules.features import log_mel_fbank
+from data_modules.features import log_mel_fbank, normalize_pixels
 from data_modules.manifest import ManifestError, read_manifest
 from data_modules.synthetic import generate_embedded_dataset
 
@@ -83,7 +83,12 @@ def test_datamodule_batches_have_documented_shapes_and_labels(tiny_dataset):
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch["audio"].shape == (4, 1, 64, 50) and batch["audio"].dtype == torch.float32
-    assert batch["visual"].shape == (4, 3, 2, 40, 40) and batch["visual"].dtype == torch.float32
+    assert batch["visual"].shape == (4, 3, 2, 40, 40) and batch["visual"].dtype == torch.uint8
+    inputs = data.on_after_batch_transfer(dict(batch), 0)  # where the Trainer normalises: on the device
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(3, 1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(3, 1, 1, 1)
+    assert inputs["visual"].dtype == torch.float32 and inputs["audio"] is batch["audio"]
+    torch.testing.assert_close(inputs["visual"], ((batch["visual"].double() / 255 - mean) / std).float())
     assert batch["label"].dtype == torch.int64 and batch["index"].dtype == torch.int64
     records = data.datasets["train"].records
     assert batch["label"].tolist() == [records[i].label for i in batch["index"].tolist()]
@@ -126,7 +131,7 @@ def nearest_mean_accuracies(root: Path, **spec_settings) -> dict[str, float]:
         dataset = data.datasets[split]
         dataset.train = False
         samples = [dataset[i] for i in range(len(dataset))]
-        colour = torch.stack([s["visual"].mean(dim=(1, 2, 3)) for s in samples])
+        colour = torch.stack([normalize_pixels(s["visual"], *data.pixel_normalization["visual"]).mean(dim=(1, 2, 3)) for s in samples])
         colour = colour - colour.mean(dim=1, keepdim=True)
         return {
             "audio": torch.stack([s["audio"][0].mean(dim=1) for s in samples]),

@@ -202,8 +202,13 @@ def cremad_module(fake: dict[str, Path], **overrides) -> CremadDataModule:
 
 # ---------------------------------------------------------------- shared checks
 def first_batch(data: MediaDataModule, split: str) -> dict[str, torch.Tensor]:
+    """The split's first batch as the model receives it: uint8 pixels normalised after the transfer."""
     loader = {"train": data.train_dataloader, "val": data.val_dataloader, "test": data.test_dataloader}[split]()
-    return next(iter(loader))
+    batch = next(iter(loader))
+    for name in data.input_shapes:
+        expected = torch.uint8 if name in data.pixel_normalization else torch.float32
+        assert batch[name].dtype == expected, f"{name} leaves the loader as {batch[name].dtype}"
+    return data.on_after_batch_transfer(batch, 0)
 
 
 def check_batch(data: MediaDataModule, batch: dict[str, torch.Tensor], split: str) -> None:
@@ -372,8 +377,7 @@ def test_ucf101_fake_gives_rgb_and_flow_for_each_split(ucf_fake, tmp_path, monke
     assert {r.path.name[-11:-8] for r in split3.datasets["test"].records} == {"g05", "g06"}
 
     sample = data.datasets["val"][0]
-    flow = sample["flow"] * 0.3081 + 0.1307  # back to [0, 1]; 0.5 is no motion
-    assert flow.min() >= -1e-6 and flow.max() <= 1 + 1e-6
+    flow = sample["flow"] / 255  # in [0, 1]; 0.5 is no motion
     assert flow[0].max() > 0.5 + SPEED / 30 * 0.5, "the square moves right: u > 0 somewhere"
     assert_cache_matches_decoding(lambda **kw: ucf_module(ucf_fake, **kw), tmp_path, monkeypatch, RgbFlowSettings)
 

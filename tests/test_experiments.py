@@ -74,7 +74,7 @@ def forward_accuracy(model, data) -> float:
     model.eval()
     correct = total = 0
     with torch.no_grad():
-        for batch in data.test_dataloader():
+        for batch in map(data.normalize, data.test_dataloader()):
             predictions = model(model.inputs(batch)).logits.argmax(dim=1)
             correct += int((predictions == batch["label"]).sum())
             total += len(batch["label"])

@@ -26,6 +26,7 @@ from torch import nn
 
 from crmt.experiments import DEFAULT_DATA, data_config
 from crmt.models.encoders import build_encoder
+from data_modules.clips import MediaDataModule
 
 
 def load_data_module(data: str | None, **overrides) -> LightningDataModule:
@@ -39,7 +40,7 @@ def load_data_module(data: str | None, **overrides) -> LightningDataModule:
 
 
 def train_unimodal(
-    data: LightningDataModule, modality: str, seed: int, epochs: int = 8, lr: float = 3e-3, width: int = 8
+    data: MediaDataModule, modality: str, seed: int, epochs: int = 8, lr: float = 3e-3, width: int = 8
 ) -> float:
     """Test accuracy of an encoder + linear classifier trained on ``modality`` alone."""
     seed_everything(seed, workers=True)
@@ -51,7 +52,7 @@ def train_unimodal(
     for epoch in range(epochs):
         _set_sampler_epoch(loader, epoch)  # as the Trainer does: each epoch its own order and frame draws
         model.train()
-        for batch in loader:
+        for batch in map(data.normalize, loader):
             loss = nn.functional.cross_entropy(model(batch[modality]), batch["label"])
             optimizer.zero_grad()
             loss.backward()
@@ -59,7 +60,7 @@ def train_unimodal(
     model.eval()
     correct = total = 0
     with torch.no_grad():
-        for batch in data.test_dataloader():
+        for batch in map(data.normalize, data.test_dataloader()):
             correct += int((model(batch[modality]).argmax(dim=1) == batch["label"]).sum())
             total += int(batch["label"].shape[0])
     return correct / total

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,12 +71,21 @@ class MultiModalBranch(nn.Module):
 class BranchFit(LightningModule):
     """A forked branch as a LightningModule: minimise CE(branch(x), y) with a fresh optimiser.
 
-    ``branch`` maps inputs in ``modalities`` order to logits (B, K).
+    ``branch`` maps inputs in ``modalities`` order to logits (B, K). ``after_transfer`` does to each
+    batch on the device what the calling run's data module does (e.g. normalise uint8 pixels): this
+    module's Trainer has no data module.
     """
 
-    def __init__(self, branch: nn.Module, modalities: Sequence[str], optimizer: OptimizerCallable) -> None:
+    def __init__(
+        self, branch: nn.Module, modalities: Sequence[str], optimizer: OptimizerCallable,
+        after_transfer: Callable[[Batch], Batch],
+    ) -> None:
         super().__init__()
         self.branch, self.modalities, self.optimizer_factory = branch, list(modalities), optimizer
+        self.after_transfer = after_transfer
+
+    def on_after_batch_transfer(self, batch: Batch | None, dataloader_idx: int) -> Batch | None:
+        return None if batch is None else self.after_transfer(batch)
 
     def training_step(self, batch: Batch | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every clip of the batch failed to decode and was skipped
@@ -218,7 +227,8 @@ class GradientBlending(JointTraining):
         generalisation, overfitting = [], []
         for branch in self.branches():
             holdout_before, probe_before = self._mean_loss(branch, holdout), self._mean_loss(branch, probe)
-            fit_alone(BranchFit(branch, self.modalities, self.optimizer_factory), training_part, epochs, self.device)
+            fork = BranchFit(branch, self.modalities, self.optimizer_factory, self._after_transfer)
+            fit_alone(fork, training_part, epochs, self.device)
             holdout_after, probe_after = self._mean_loss(branch, holdout), self._mean_loss(branch, probe)
             generalisation.append(holdout_before - holdout_after)
             overfitting.append((holdout_after - probe_after) - (holdout_before - probe_before))
@@ -242,6 +252,11 @@ class GradientBlending(JointTraining):
                 total += F.cross_entropy(branch(self.inputs(batch)), batch["label"], reduction="sum").item()
                 count += batch["label"].shape[0]
         return total / max(count, 1)
+
+    def _after_transfer(self, batch: Batch) -> Batch:
+        """What the run's data module does to a batch on the device."""
+        datamodule = self.trainer.datamodule
+        return batch if datamodule is None else datamodule.on_after_batch_transfer(batch, 0)
 
     def _device_batches(self, loader: DataLoader) -> Iterator[Batch]:
         for batch in loader:
