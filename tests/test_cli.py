@@ -149,6 +149,9 @@ def assert_wandb_holds_robustness_output(run_dir: Path, metrics: dict) -> None:
         suffix = "" if scope == "multimodal" else f"_{scope}"
         assert report[f"report/radius_mean{suffix}"] == metrics["certified"][scope]["mean"], scope
         assert report[f"report/radius_median{suffix}"] == metrics["certified"][scope]["median"], scope
+        smoothed = metrics["smoothed"][scope]  # defaults.yaml smooths the test clips
+        assert report[f"report/smoothed_acc_at_budget{suffix}"] == smoothed["accuracy_at_budget"], scope
+        assert report[f"report/smoothed_abstention{suffix}"] == smoothed["abstention_rate"], scope
     assert report["report/eta_log_ratio_mean"] == metrics["eta_ratio"]["mean_log_ratio"]
     assert report["report/audit_violation_rate"] == metrics["audit"]["violation_rate"]
     assert only_row_with(rows, "test/acc")["test/acc"] == pytest.approx(metrics["accuracy"]["clean"], abs=1e-6)

@@ -46,6 +46,7 @@ TWO_STEPS = ["--model.init_args.step1_epochs=1", "--model.init_args.step2_epochs
 STEP1_ONLY = ["--model.init_args.step1_epochs=2"]
 SCHEDULES = {
     "jt": ["--trainer.max_epochs=2"],
+    "jt_noise": ["--trainer.max_epochs=2"],
     "ojt": STEP1_ONLY,
     "gb": ["--trainer.max_epochs=3", "--model.init_args.super_epoch=2"],
     "ogm": ["--trainer.max_epochs=2"],
@@ -54,6 +55,7 @@ SCHEDULES = {
     "mmat": ["--trainer.max_epochs=2", "--model.init_args.at_steps=2"],
     "mixup": ["--trainer.max_epochs=2"],
     "crmt_jt": TWO_STEPS,
+    "crmt_jt_noise": TWO_STEPS,
     "crmt_at": [*TWO_STEPS, "--model.init_args.at_steps=2"],
     "crmt_mix": TWO_STEPS,
     "crmt_step1": STEP1_ONLY,
