@@ -28,6 +28,7 @@ from data_modules import (
     UCF101DataModule,
     VGGSoundDataModule,
 )
+from helpers import TINY_SMOOTHING, TINY_SMOOTHING_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 1 / 6  # the embedded dataset's default 6 classes
@@ -91,6 +92,7 @@ def test_every_strategy_fits_through_its_schedule_via_the_cli(experiment, data_r
         [
             "fit", "--config", str(REPO / "experiments" / f"{experiment}.yaml"), f"--data.init_args.root={data_root}",
             *TINY_DATA, *width, *SCHEDULES[experiment], "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+            *TINY_SMOOTHING_ARGS,
         ]
     )
     trainer, model = cli.trainer, cli.model
@@ -100,6 +102,7 @@ def test_every_strategy_fits_through_its_schedule_via_the_cli(experiment, data_r
         assert int(model.phase) == 2, "the run reached its second phase"
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(report["accuracy"]) >= {"clean", "fgm", "pgd", "missing_audio"}
+    assert report["smoothed"]["multimodal"]["certified"] == TINY_SMOOTHING["samples"], "the report smoothed, cheaply"
 
 
 @pytest.mark.slow
@@ -114,6 +117,7 @@ def test_default_experiment_is_far_above_chance(experiment, data_root, tmp_path,
             f"--data.init_args.root={data_root}",
             "--trainer.logger=false",
             f"--trainer.default_root_dir={tmp_path}",
+            *TINY_SMOOTHING_ARGS,
         ]
     )
     metrics = cli.trainer.callback_metrics

@@ -14,6 +14,7 @@ from scipy.stats import beta, binom, binomtest, norm
 from torch import nn
 
 from crmt.models.heads import FusionOutput
+from crmt.robustness.results import SurvivalCurve
 from crmt.robustness.smoothing import (
     ABSTAIN,
     SmoothedCertificates,
@@ -22,6 +23,7 @@ from crmt.robustness.smoothing import (
     certify,
     class_counts,
     clopper_pearson_lower,
+    max_certified_radius,
     noise_generator,
     predict,
 )
@@ -36,7 +38,7 @@ from helpers import TensorAVDataModule, fit_tiny, validation_batch
     ("n", "p_low", "radius_over_sigma"),
     [(100, 0.933254, 1.500), (1000, 0.993116, 2.463), (10000, 0.999309, 3.199), (100000, 0.999931, 3.811)],
 )
-def test_clopper_pearson_matches_smoothing_md_when_all_draws_agree(n, p_low, radius_over_sigma):
+def test_clopper_pearson_matches_the_docs_table_when_all_draws_agree(n, p_low, radius_over_sigma):
     lower = clopper_pearson_lower(n, n, 0.001)
     assert lower == pytest.approx(p_low, abs=5e-7)
     assert lower == pytest.approx(0.001 ** (1 / n), rel=1e-12)  # Beta(n, 1) has cdf p^n
@@ -150,6 +152,15 @@ def test_certify_returns_sigma_times_the_normal_quantile_of_its_own_counts():
     )
 
 
+@pytest.mark.parametrize(("sigma", "n", "alpha"), [(1.0, 1000, 0.001), (0.5, 100_000, 0.001), (4.0, 64, 0.01), (0.25, 50, 0.1)])
+def test_max_certified_radius_is_the_closed_form_and_what_certify_returns_when_every_draw_agrees(sigma, n, alpha):
+    """R_max = sigma * Phi^-1(alpha^(1/n)); a sample 1000 / ||w|| from the linear boundary gets it exactly."""
+    reach = max_certified_radius(sigma, n, alpha)
+    assert reach == pytest.approx(sigma * norm.ppf(alpha ** (1 / n)), rel=1e-9)
+    settings = SmoothingSettings(sigma=sigma, n0=8, n=n, alpha=alpha, batch=min(n, 10_000))
+    assert certify(LINEAR, linear_sample(1000.0), [0, 1], settings, noise_generator(0, 0, 0)) == (1, reach)
+
+
 def test_certify_abstains_on_the_decision_boundary():
     settings = SmoothingSettings(sigma=0.5, n0=100, n=10_000, alpha=0.001, batch=5000)
     assert certify(LINEAR, linear_sample(0.0), [0, 1], settings, noise_generator(0, 0, 0)) == (ABSTAIN, 0.0)
@@ -256,10 +267,11 @@ def test_survival_is_the_exact_certified_accuracy_curve():
         index=torch.arange(6),
     )
     # correct: samples 0 (0.5), 1 (0.25), 4 (1.0)
-    assert certificates.survival() == ([0.0, 0.25, 0.5, 1.0], [3 / 6, 3 / 6, 2 / 6, 1 / 6])
+    curve = SurvivalCurve.of(certificates.radius, certificates.correct())
+    assert curve == SurvivalCurve([0.0, 0.25, 0.5, 1.0], [3 / 6, 3 / 6, 2 / 6, 1 / 6])
     assert certificates.abstention_rate() == pytest.approx(1 / 6)
     for radius, expected in [(0.0, 3 / 6), (0.3, 2 / 6), (0.5, 2 / 6), (0.6, 1 / 6), (1.0, 1 / 6), (1.01, 0.0)]:
-        assert certificates.certified_accuracy(radius) == pytest.approx(expected)
+        assert curve.at(radius) == pytest.approx(expected)
 
 
 # --- Soundness on a trained model: attack the smoothed classifier inside the radius ------------

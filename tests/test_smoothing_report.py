@@ -4,13 +4,15 @@ evaluation against direct calls of CERTIFY, metrics.json / per_sample.json and r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+from scipy.stats import norm
 
 from crmt.callbacks.robustness import scalar_metrics
 from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessResults
-from crmt.robustness.report import SMOOTHED_COLUMN, write_report
+from crmt.robustness.report import SMOOTHED_COLUMN, render_markdown, write_report
 from crmt.robustness.results import RadiusSummary, RobustnessMetrics, SmoothedCertificate, SurvivalCurve
 from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.smoothing import ABSTAIN, SmoothedCertificates, SmoothingSettings, certify, noise_generator
@@ -193,3 +195,29 @@ def test_report_files_hold_the_smoothing_certificates(smoothed, trained_jt, data
     for scope in SCOPES:
         assert scalars[f"report/smoothed_acc_at_budget{scope.suffix}"] == metrics.smoothed[scope].accuracy_at_budget
         assert scalars[f"report/smoothed_abstention{scope.suffix}"] == metrics.smoothed[scope].abstention_rate
+
+
+def test_a_budget_beyond_the_reach_of_smoothing_is_marked_and_the_reach_is_written(smoothed):
+    """R_max = sigma * Phi^-1(alpha^(1/n)) (5.92 at sigma 4, n 64, alpha 0.01) in metrics.json, W&B and the
+    report; a joint budget of 8 lies beyond it: its accuracy is 0 and both tables say why."""
+    metrics = smoothed.metrics()
+    reach = SMOOTHING.sigma * norm.ppf(SMOOTHING.alpha ** (1 / SMOOTHING.n))
+    far = {scope: replace(c, budget=8.0) if scope.multimodal else c for scope, c in metrics.smoothed.items()}
+    metrics = replace(metrics, smoothed=far)
+    joint = metrics.smoothed[SCOPES[0]]
+    assert joint.max_radius == pytest.approx(reach, rel=1e-9) and joint.budget_out_of_reach
+    assert joint.accuracy_at_budget == 0.0 and joint.curve.radii[-1] <= reach
+    assert not any(metrics.smoothed[scope].budget_out_of_reach for scope in SCOPES[1:])
+    written = metrics.to_json()["smoothed"]
+    assert all(written[scope.key]["max_radius"] == pytest.approx(reach, rel=1e-9) for scope in SCOPES)
+    assert RobustnessMetrics.from_json(json.loads(json.dumps(metrics.to_json()))) == metrics
+    scalars = scalar_metrics(metrics, "report")
+    assert all(scalars[f"report/smoothed_max_radius{scope.suffix}"] == pytest.approx(reach) for scope in SCOPES)
+
+    report = render_markdown("jt", metrics)
+    assert f"cannot certify beyond R_max = sigma * Phi^-1(alpha^(1/n)) = {reach:.3f}" in report
+    (accuracy_row,) = table_rows(report, "| method |")[:1]
+    assert accuracy_row[SMOOTHED_COLUMN] == f"0.000 (budget > R_max {reach:.2f})"
+    rows = table_rows(report, "| scope (noised) |")
+    assert rows[0]["certified acc. at the budget"] == f"0.000 (budget > R_max {reach:.2f})"
+    assert all("R_max" not in row["certified acc. at the budget"] for row in rows[1:])

@@ -47,7 +47,8 @@ def _finalize(evaluator: RobustnessEvaluator, trainer: Trainer, pl_module: Light
 
 def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
     """Flat scalars of an evaluation: attack accuracies, radius mean/median, eta log-ratio, audit rate,
-    and per smoothed scope the smoothed certified accuracy at its table budget and the abstention rate."""
+    and per smoothed scope the smoothed certified accuracy at its table budget, the abstention rate and
+    the reach R_max of the smoothing settings (the budget accuracy is 0 by construction above it)."""
     scalars = {f"{prefix}/acc_{threat.key}": value for threat, value in metrics.accuracy.items()}
     certificates = (("radius", metrics.certified), ("model_radius", metrics.certified_model),
                     ("sound_radius", metrics.certified_sound))
@@ -64,6 +65,7 @@ def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
     for scope, smoothed in (metrics.smoothed or {}).items():
         scalars[f"{prefix}/smoothed_acc_at_budget{scope.suffix}"] = smoothed.accuracy_at_budget
         scalars[f"{prefix}/smoothed_abstention{scope.suffix}"] = smoothed.abstention_rate
+        scalars[f"{prefix}/smoothed_max_radius{scope.suffix}"] = smoothed.max_radius
     return scalars
 
 

@@ -73,11 +73,14 @@ def plot_eta_ratio_heatmap(ratio: EtaRatio, path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_certified_accuracy(families: Mapping[str, Mapping[str, SurvivalCurve]], path: Path, title: str) -> Path:
+def plot_certified_accuracy(
+    families: Mapping[str, Mapping[str, SurvivalCurve]], path: Path, title: str, reach: float | None = None
+) -> Path:
     """Certified accuracy against the l2 radius r, every curve on the same axes as the exact
     left-continuous step function of its per-sample radii (``step(where="pre")``, dropping to 0 after
     its last radius). ``families``: curves by family (e.g. "estimated", "smoothed, sound") and scope
-    label; one colour per scope label, one line style per family, legend "<family> (<scope>)"."""
+    label; one colour per scope label, one line style per family, legend "<family> (<scope>)".
+    ``reach``: smoothing's R_max, drawn as a grey vertical line (no smoothed curve goes beyond it)."""
     figure, axis = _accuracy_axes("l2 radius r", "certified accuracy", title, (6.0, 4.0))
     labels = list(dict.fromkeys(label for curves in families.values() for label in curves))
     colours = {label: f"C{i}" for i, label in enumerate(labels)}
@@ -86,6 +89,8 @@ def plot_certified_accuracy(families: Mapping[str, Mapping[str, SurvivalCurve]],
         for label, curve in curves.items():
             axis.step([*curve.radii, end], [*curve.accuracy, 0.0], where="pre", linestyle=style,
                       color=colours[label], label=f"{family} ({label})")
+    if reach is not None:
+        axis.axvline(reach, color="grey", linestyle=":", label=f"smoothing's reach R_max = {reach:.2f}")
     axis.set_xlim(0.0, end)
     axis.legend(fontsize="small")
     return _save(figure, path)

@@ -8,8 +8,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy.stats import norm
-
 from crmt.robustness.evaluation import RobustnessResults
 from crmt.robustness.figures import (
     plot_accuracy_vs_radius,
@@ -17,7 +15,6 @@ from crmt.robustness.figures import (
     plot_eta_ratio_heatmap,
 )
 from crmt.robustness.results import RobustnessMetrics, SmoothedCertificate, SurvivalCurve
-from crmt.robustness.smoothing import clopper_pearson_lower
 from crmt.robustness.threats import Scope
 
 SMOOTHING_RADII_OVER_SIGMA: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
@@ -46,10 +43,21 @@ SMOOTHED_COLUMN = "smoothed certified acc. at the budget"
 """The accuracy table's column of the joint smoothing certificate at the multi-modal budget."""
 
 
+def _budget_cell(certificate: SmoothedCertificate | None) -> str:
+    """Smoothed certified accuracy at the budget, marked where the budget exceeds R_max (0 by construction)."""
+    if certificate is None:
+        return _cell(None)
+    cell = _cell(certificate.accuracy_at_budget)
+    if certificate.budget_out_of_reach:
+        cell += f" (budget > R_max {certificate.max_radius:.2f})"
+    return cell
+
+
 def accuracy_table(metrics_by_name: Mapping[str, RobustnessMetrics]) -> str:
     """Markdown table of accuracies, one row per model, the columns of the paper's Table 2 (the
     first model's threats): clean, multi-modal FGM/PGD, uni-modal FGM/PGD, missing; then, when a
-    model was smoothed, its joint smoothed certified accuracy at the multi-modal budget."""
+    model was smoothed, its joint smoothed certified accuracy at the multi-modal budget (marked where the
+    budget is beyond the reach R_max of its smoothing settings)."""
     threats = next(iter(metrics_by_name.values())).threats
     header = ["method", *(threat.title for threat in threats)]
     rows = [
@@ -59,7 +67,7 @@ def accuracy_table(metrics_by_name: Mapping[str, RobustnessMetrics]) -> str:
     if any(certificate is not None for certificate in smoothed):
         header.append(SMOOTHED_COLUMN)
         for row, certificate in zip(rows, smoothed, strict=True):
-            row.append(_cell(certificate.accuracy_at_budget if certificate is not None else None))
+            row.append(_budget_cell(certificate))
     return markdown_table(header, rows)
 
 
@@ -95,21 +103,17 @@ def sound_bound_line(metrics: RobustnessMetrics) -> str:
             f"certify much): mean multi-modal radius {sound.multimodal.mean:.2e}; uni-modal: {modalities}.")
 
 
-def max_smoothed_radius(certificate: SmoothedCertificate) -> float:
-    """The largest radius CERTIFY can return with ``n`` draws: every draw votes for the top class."""
-    return certificate.sigma * float(norm.ppf(clopper_pearson_lower(certificate.n, certificate.n, certificate.alpha)))
-
-
 def smoothing_table(metrics: RobustnessMetrics) -> str:
     """Markdown table of the smoothing certificates, one row per scope: the scope's table budget, the
-    abstention rate, the certified accuracy at ``SMOOTHING_RADII_OVER_SIGMA`` x sigma and at the budget."""
+    abstention rate, the certified accuracy at ``SMOOTHING_RADII_OVER_SIGMA`` x sigma and at the budget
+    (marked where the budget exceeds R_max)."""
     sigma = metrics.settings.smoothing.sigma
     radii = [factor * sigma for factor in SMOOTHING_RADII_OVER_SIGMA]
     header = ["scope (noised)", "budget", "abstention rate", *(f"certified acc. r = {r:g}" for r in radii),
               "certified acc. at the budget"]
     rows = [
         [_smoothing_scope(scope), f"{certificate.budget:g}", _cell(certificate.abstention_rate),
-         *(_cell(certificate.curve.at(r)) for r in radii), _cell(certificate.accuracy_at_budget)]
+         *(_cell(certificate.curve.at(r)) for r in radii), _budget_cell(certificate)]
         for scope, certificate in metrics.smoothed.items()
     ]
     return markdown_table(header, rows)
@@ -120,7 +124,7 @@ def _smoothing_scope(scope: Scope) -> str:
 
 
 def smoothing_section(metrics: RobustnessMetrics) -> list[str]:
-    """The report's randomized-smoothing section: settings, the certified subset, the table."""
+    """The report's randomized-smoothing section: settings, the certified subset, the reach R_max, the table."""
     joint = _joint_smoothed(metrics)
     subset = ""
     if joint.certified < metrics.samples:
@@ -134,8 +138,10 @@ def smoothing_section(metrics: RobustnessMetrics) -> list[str]:
         f"joint perturbation) or on one modality with the others clean; n0 = {joint.n0} selection and n = "
         f"{joint.n} estimation draws; each radius holds with probability >= 1 - alpha = {1 - joint.alpha:g}. "
         f"{joint.certified} of {metrics.samples} test samples certified{subset}. "
-        f"Abstentions count as wrong; n draws cannot certify beyond r = {max_smoothed_radius(joint):.3f}. "
-        f"The guarantee is about the smoothed classifier, not the model itself.",
+        f"Abstentions count as wrong. Smoothing at these settings cannot certify beyond R_max = sigma * "
+        f"Phi^-1(alpha^(1/n)) = {joint.max_radius:.3f} (every one of the n draws voting for the top class); "
+        f"the certified accuracy at any r > R_max, and so the budget column where budget > R_max, is 0 by "
+        f"construction, whatever the model. The guarantee is about the smoothed classifier, not the model itself.",
         "",
         smoothing_table(metrics),
     ]
@@ -237,5 +243,9 @@ def write_report(
         heatmap_path = plot_eta_ratio_heatmap(metrics.eta_ratio, folder / "eta_ratio_heatmap.png")
     families = certified_curves(metrics)
     if families:
-        certified_path = plot_certified_accuracy(families, folder / "certified_accuracy.png", f"{name}: certified accuracy")
+        joint = _joint_smoothed(metrics)
+        certified_path = plot_certified_accuracy(
+            families, folder / "certified_accuracy.png", f"{name}: certified accuracy",
+            joint.max_radius if joint is not None else None,
+        )
     return ReportFiles(markdown_path, metrics_path, accuracy_path, heatmap_path, certified_path)

@@ -20,7 +20,7 @@ import torch
 
 from crmt.robustness.certify import certified_accuracy
 from crmt.robustness.settings import RobustnessSettings
-from crmt.robustness.smoothing import SmoothedCertificates, SmoothingSettings
+from crmt.robustness.smoothing import SmoothedCertificates, SmoothingSettings, max_certified_radius
 from crmt.robustness.threats import Scope, Threat
 
 
@@ -219,6 +219,9 @@ class SmoothedCertificate:
         abstention_rate: share of them where CERTIFY abstained.
         budget: the l2 budget of the scope's table attacks.
         curve: the exact certified-accuracy curve over the certified samples (abstentions count as wrong).
+
+    ``max_radius`` (R_max, derived from sigma, n and alpha) bounds every radius: where ``budget`` > R_max,
+    ``accuracy_at_budget`` is 0 by construction, whatever the model.
     """
 
     sigma: float
@@ -233,7 +236,7 @@ class SmoothedCertificate:
     @classmethod
     def of(cls, certificates: SmoothedCertificates, settings: SmoothingSettings, budget: float) -> SmoothedCertificate:
         """From the gathered per-sample certificates of one scope."""
-        curve = SurvivalCurve(*certificates.survival())
+        curve = SurvivalCurve.of(certificates.radius, certificates.correct())
         return cls(settings.sigma, settings.n0, settings.n, settings.alpha, int(certificates.prediction.numel()),
                    certificates.abstention_rate(), budget, curve)
 
@@ -242,11 +245,22 @@ class SmoothedCertificate:
         """Smoothed certified accuracy at the table's budget."""
         return self.curve.at(self.budget)
 
+    @property
+    def max_radius(self) -> float:
+        """R_max = sigma * Phi^-1(alpha^(1/n)), the largest radius CERTIFY can return at these settings."""
+        return max_certified_radius(self.sigma, self.n, self.alpha)
+
+    @property
+    def budget_out_of_reach(self) -> bool:
+        """Whether the budget exceeds R_max, so that ``accuracy_at_budget`` is 0 by construction."""
+        return self.budget > self.max_radius
+
     def to_json(self) -> dict:
-        """The fields, and ``accuracy_at_budget`` for readers of the file (derived: not read back)."""
+        """The fields, and the derived ``accuracy_at_budget`` and ``max_radius`` for readers (not read back)."""
         return {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha, "certified": self.certified,
                 "abstention_rate": self.abstention_rate, "budget": self.budget,
-                "accuracy_at_budget": self.accuracy_at_budget, "curve": self.curve.to_json()}
+                "accuracy_at_budget": self.accuracy_at_budget, "max_radius": self.max_radius,
+                "curve": self.curve.to_json()}
 
     @classmethod
     def from_json(cls, data: Mapping) -> SmoothedCertificate:

@@ -4,7 +4,8 @@ The smoothed classifier of a base classifier f is g(x) = argmax_c P(f(x + e) = c
 in the model's normalised input space. Cohen et al.'s CERTIFY (:func:`certify`) returns g's class
 with an l2 radius sigma * Phi^-1(p_A_low) that holds with probability at least 1 - alpha over the
 noise (Theorem 1 with p_B_up = 1 - p_A_low); PREDICT (:func:`predict`) returns g's class or abstains.
-Facts and check numbers: docs/smoothing.md.
+No radius exceeds :func:`max_certified_radius`, sigma * Phi^-1(alpha^(1/n)). Facts and check numbers:
+docs/robustness.md, "Randomized smoothing".
 
 Scopes (:class:`SmoothingCertifier`):
 
@@ -79,6 +80,12 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     if successes == 0:
         return 0.0
     return float(beta.ppf(alpha, successes, trials - successes + 1))
+
+
+def max_certified_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with ``n`` estimation draws: every draw votes for c_A, so
+    p_A_low = :func:`clopper_pearson_lower` (n, n, alpha) = alpha^(1/n) and R_max = sigma * Phi^-1(alpha^(1/n))."""
+    return sigma * float(norm.ppf(clopper_pearson_lower(n, n, alpha)))
 
 
 def noise_generator(seed: int, index: int, scope: int) -> torch.Generator:
@@ -180,7 +187,7 @@ def predict(
 @dataclass
 class SmoothedCertificates:
     """Per certified sample, for one scope: ``prediction`` (N,) int64 (ABSTAIN = -1), ``radius`` (N,)
-    float32 (0 where abstained), ``label`` (N,), ``index`` (N,) dataset indices."""
+    float64, as computed (0 where abstained), ``label`` (N,), ``index`` (N,) dataset indices."""
 
     prediction: torch.Tensor
     radius: torch.Tensor
@@ -194,25 +201,6 @@ class SmoothedCertificates:
     def abstention_rate(self) -> float:
         """Share of the samples where CERTIFY abstained (nan for no sample)."""
         return (self.prediction == ABSTAIN).float().mean().item()
-
-    def certified_accuracy(self, radius: float) -> float:
-        """Share of the samples certified correct with radius >= ``radius`` (Cohen et al.'s
-        certified accuracy; abstentions count as wrong; nan for no sample)."""
-        return (self.correct() & (self.radius >= radius)).float().mean().item()
-
-    def survival(self) -> tuple[list[float], list[float]]:
-        """The exact certified-accuracy curve, acc(r) = share with a correct prediction and radius >= r:
-        points [0, r_1, ..., r_J] (r_1 < ... < r_J the distinct radii of correct samples) and acc at
-        each. acc(0) is the share of correct certified samples; acc(r) = acc(r_j) for r in
-        (r_{j-1}, r_j] and 0 beyond r_J (draw with matplotlib's ``step(..., where="pre")``).
-        ``([0.0], [0.0])`` when no sample is correct (or none was certified)."""
-        radii = self.radius[self.correct()].double().sort().values
-        total = max(self.prediction.numel(), 1)
-        distinct = torch.unique(radii)  # sorted ascending
-        at_least = radii.numel() - torch.searchsorted(radii, distinct)  # searchsorted counts radii < r_j
-        points = [0.0, *distinct.tolist()]
-        accuracies = [radii.numel() / total, *(at_least.double() / total).tolist()]
-        return points, accuracies
 
 
 @dataclass
@@ -277,7 +265,7 @@ class SmoothingCertifier:
         return {
             name: SmoothedCertificates(
                 prediction=gather(records.prediction, torch.int64),
-                radius=gather(records.radius, torch.float32),
+                radius=gather(records.radius, torch.float64),
                 label=label,
                 index=index,
             )
