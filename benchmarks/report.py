@@ -7,7 +7,9 @@ same model, in the same process, interleaved over ``--repeats`` rounds (median r
   budget) on every batch, then the predictions on the adversarial inputs;
 - report: everything the ``RobustnessReport`` callback does (clean, multi-modal FGM/PGD,
   uni-modal FGM/PGD per modality, missing modality, accuracy-vs-radius curves, Lipschitz
-  estimates, certified radii, sound bounds, the radius audit) and writing the files.
+  estimates, certified radii, the radius audit, randomized smoothing with the settings of
+  ``experiments/defaults.yaml``; the layer-product sound bound only where those settings turn it on)
+  and writing the files.
 
 Two models, trained first with the shipped experiments ``jt`` and ``crmt_jt`` (about 1 min):
 JT (its Lipschitz table is estimated over the evaluated samples: the expensive path) and

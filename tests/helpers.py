@@ -57,6 +57,17 @@ class TensorAVDataModule(LightningDataModule):
         return self.val_dataloader()
 
 
+TINY_SMOOTHING = {"n0": 8, "n": 64, "batch": 64, "samples": 2}
+"""Randomized-smoothing settings that keep the report of a test's CLI run cheap and still smooth end to end
+(experiments/defaults.yaml certifies 16 clips per rank with 64 + 1000 draws in each of 3 scopes)."""
+
+TINY_SMOOTHING_ARGS = [
+    f"--trainer.callbacks.init_args.settings.smoothing.{key}={value}" for key, value in TINY_SMOOTHING.items()
+]
+"""``TINY_SMOOTHING`` as command-line overrides for every test that runs ``crmt fit`` or ``crmt test`` with
+experiments/defaults.yaml. ``--trainer.callbacks.init_args`` sets the LAST callback of the list (jsonargparse),
+the defaults' RobustnessReport: pass these before any ``--trainer.callbacks+=`` that appends one."""
+
 
 def make_trainer(max_epochs: int, tmp_path=None, callbacks=(), **kwargs) -> Trainer:
     """A CPU Trainer with no logger, progress bar or sanity check; checkpoints only with a ModelCheckpoint callback."""

@@ -387,7 +387,7 @@ def test_eta_ratio_of_any_ordered_pair_equals_the_hand_built_table():
 
 def test_metrics_json_reads_back_into_the_same_typed_metrics(trained_crmt, data, tmp_path):
     inputs, labels = validation_batch(data, size=12)
-    settings = RobustnessSettings(curve_radii=(0.5, 1.0), audit_samples=4, audit_sound=True)
+    settings = RobustnessSettings(curve_radii=(0.5, 1.0), audit_samples=4, sound_certificate=True, audit_sound=True)
     evaluator = RobustnessEvaluator(trained_crmt, settings)
     evaluator.update(inputs, labels)
     results = evaluator.finalize()
@@ -396,6 +396,11 @@ def test_metrics_json_reads_back_into_the_same_typed_metrics(trained_crmt, data,
     files = write_report(results, tmp_path, "crmt", {"seed": 0})
     written = json.loads(files.metrics.read_text(encoding="utf-8"))
     assert RobustnessMetrics.from_json(written) == metrics
+    # the sound bound, enabled, is a line below the certificate table, not a headline column
+    report = files.markdown.read_text(encoding="utf-8")
+    assert "sound radius" not in next(line for line in report.splitlines() if line.startswith("| method | mean radius"))
+    sound_mean = results.certified_sound.multimodal.mean().item()
+    assert f"mean multi-modal radius {sound_mean:.2e}" in report
     assert written["threats"][2] == {"key": "pgd", "kind": "pgd", "attacked": ["visual", "audio"], "budget": 0.5}
     assert written["audit"]["sound_attacked"] == 4 and written["eta_ratio"]["pair"] == "visual/audio"
 

@@ -15,6 +15,7 @@ import yaml
 from wandb.proto import wandb_internal_pb2
 
 from crmt.cli import main
+from helpers import TINY_SMOOTHING, TINY_SMOOTHING_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml") if p.stem != "defaults")
@@ -39,6 +40,7 @@ def tiny_run_args(tmp_path: Path) -> list[str]:
         "--model.init_args.step1_epochs=1",
         "--model.init_args.step2_epochs=1",
         "--trainer.log_every_n_steps=1",
+        *TINY_SMOOTHING_ARGS,
     ]
 
 
@@ -149,6 +151,10 @@ def assert_wandb_holds_robustness_output(run_dir: Path, metrics: dict) -> None:
         suffix = "" if scope == "multimodal" else f"_{scope}"
         assert report[f"report/radius_mean{suffix}"] == metrics["certified"][scope]["mean"], scope
         assert report[f"report/radius_median{suffix}"] == metrics["certified"][scope]["median"], scope
+        smoothed = metrics["smoothed"][scope]  # defaults.yaml smooths the test clips
+        assert report[f"report/smoothed_acc_at_budget{suffix}"] == smoothed["accuracy_at_budget"], scope
+        assert report[f"report/smoothed_abstention{suffix}"] == smoothed["abstention_rate"], scope
+        assert report[f"report/smoothed_max_radius{suffix}"] == smoothed["max_radius"], scope
     assert report["report/eta_log_ratio_mean"] == metrics["eta_ratio"]["mean_log_ratio"]
     assert report["report/audit_violation_rate"] == metrics["audit"]["violation_rate"]
     assert only_row_with(rows, "test/acc")["test/acc"] == pytest.approx(metrics["accuracy"]["clean"], abs=1e-6)
@@ -208,6 +214,7 @@ def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert_wandb_holds_robustness_output(run_dir, metrics)
     assert metrics["name"] == "crmt_jt"
+    assert metrics["settings"]["smoothing"] == {**metrics["settings"]["smoothing"], **TINY_SMOOTHING}
     assert "| crmt_jt |" in (report / "report.md").read_text()
     assert "# Robustness report: crmt_jt" in output, "the report is printed at the end of the run"
 
@@ -266,3 +273,4 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
     run_dir = wandb_run_dir(tmp_path / "runs")
     metrics = json.loads((report_folder(tmp_path / "runs", run_dir) / "metrics.json").read_text())
     assert_wandb_holds_robustness_output(run_dir, metrics)
+    assert metrics["smoothed"]["multimodal"]["certified"] == 2 * TINY_SMOOTHING["samples"], "both ranks' certificates"

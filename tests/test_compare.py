@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,16 @@ from scipy import stats
 
 from crmt import compare
 from crmt.compare_report import SeedRun, load_run, pair_outcomes, write_comparison
-from crmt.robustness.results import AccuracyCurves, Certificate, RadiusSummary, RobustnessMetrics
+from crmt.robustness.results import (
+    AccuracyCurves,
+    Certificate,
+    RadiusSummary,
+    RobustnessMetrics,
+    SmoothedCertificate,
+    SurvivalCurve,
+)
 from crmt.robustness.settings import RobustnessSettings
+from crmt.robustness.smoothing import SmoothingSettings
 from crmt.robustness.threats import Scope
 from crmt.statistics import (
     absolute_gap,
@@ -252,6 +261,33 @@ def test_a_run_reads_back_the_typed_metrics_it_wrote(tmp_path):
     pgd_audio = next(t for t in run.metrics.threats if t.kind == "pgd" and t.attacked == ("audio",))
     assert pgd_audio.budget == SETTINGS.unimodal_eps
     assert run.metrics.accuracy[pgd_audio] == np.mean(run.per_sample["correct"]["pgd_audio"])
+
+
+def test_runs_with_and_without_smoothing_read_back_and_compare(tmp_path):
+    """A metrics.json written before smoothing existed (no ``smoothing`` setting, no curves, no ``smoothed``
+    section) and one with the smoothing certificates both read back into the metrics they hold."""
+    runs: dict[str, list[SeedRun]] = {}
+    for name, smoothed in (("jt", False), ("crmt_jt", True)):
+        folder = tmp_path / name / "seed0"
+        written = _write_run(folder, name, 0)
+        document = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        if smoothed:
+            smoothing = SmoothingSettings(sigma=1.0, n0=8, n=64, samples=60)
+            curve = SurvivalCurve([0.0, 0.5, 1.25], [0.75, 0.75, 0.25])
+            certificates = {scope: SmoothedCertificate(1.0, 8, 64, 0.001, 60, 0.125, SETTINGS.budget(scope), curve)
+                            for scope in Scope.every(MODALITIES)}
+            written = replace(written, settings=replace(SETTINGS, smoothing=smoothing), smoothed=certificates)
+            document = {"name": name, **written.to_json()}
+        else:
+            del document["settings"]["smoothing"]
+        (folder / "metrics.json").write_text(json.dumps(document), encoding="utf-8")
+        runs[name] = [load_run(name, 0, folder)]
+        assert runs[name][0].metrics == written
+    smoothed = runs["crmt_jt"][0].metrics.smoothed
+    assert smoothed[Scope(tuple(MODALITIES))].accuracy_at_budget == 0.75  # budget 0.5 in (0, 0.5]
+    assert smoothed[Scope(("audio",))].accuracy_at_budget == 0.25  # budget 1.0 in (0.5, 1.25]
+    markdown, _ = write_comparison(runs, tmp_path / "out", data="embedded", replicates=50)
+    assert "| crmt_jt |" in markdown.read_text(encoding="utf-8")
 
 
 def test_comparison_takes_its_columns_and_orderings_from_the_runs_threats(tmp_path):

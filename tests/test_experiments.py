@@ -28,6 +28,7 @@ from data_modules import (
     UCF101DataModule,
     VGGSoundDataModule,
 )
+from helpers import TINY_SMOOTHING, TINY_SMOOTHING_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 1 / 6  # the embedded dataset's default 6 classes
@@ -46,6 +47,7 @@ TWO_STEPS = ["--model.init_args.step1_epochs=1", "--model.init_args.step2_epochs
 STEP1_ONLY = ["--model.init_args.step1_epochs=2"]
 SCHEDULES = {
     "jt": ["--trainer.max_epochs=2"],
+    "jt_noise": ["--trainer.max_epochs=2"],
     "ojt": STEP1_ONLY,
     "gb": ["--trainer.max_epochs=3", "--model.init_args.super_epoch=2"],
     "ogm": ["--trainer.max_epochs=2"],
@@ -54,6 +56,7 @@ SCHEDULES = {
     "mmat": ["--trainer.max_epochs=2", "--model.init_args.at_steps=2"],
     "mixup": ["--trainer.max_epochs=2"],
     "crmt_jt": TWO_STEPS,
+    "crmt_jt_noise": TWO_STEPS,
     "crmt_at": [*TWO_STEPS, "--model.init_args.at_steps=2"],
     "crmt_mix": TWO_STEPS,
     "crmt_step1": STEP1_ONLY,
@@ -89,6 +92,7 @@ def test_every_strategy_fits_through_its_schedule_via_the_cli(experiment, data_r
         [
             "fit", "--config", str(REPO / "experiments" / f"{experiment}.yaml"), f"--data.init_args.root={data_root}",
             *TINY_DATA, *width, *SCHEDULES[experiment], "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+            *TINY_SMOOTHING_ARGS,
         ]
     )
     trainer, model = cli.trainer, cli.model
@@ -98,6 +102,7 @@ def test_every_strategy_fits_through_its_schedule_via_the_cli(experiment, data_r
         assert int(model.phase) == 2, "the run reached its second phase"
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(report["accuracy"]) >= {"clean", "fgm", "pgd", "missing_audio"}
+    assert report["smoothed"]["multimodal"]["certified"] == TINY_SMOOTHING["samples"], "the report smoothed, cheaply"
 
 
 @pytest.mark.slow
@@ -112,6 +117,7 @@ def test_default_experiment_is_far_above_chance(experiment, data_root, tmp_path,
             f"--data.init_args.root={data_root}",
             "--trainer.logger=false",
             f"--trainer.default_root_dir={tmp_path}",
+            *TINY_SMOOTHING_ARGS,
         ]
     )
     metrics = cli.trainer.callback_metrics

@@ -17,7 +17,7 @@ from lightning.pytorch import seed_everything
 from crmt.callbacks import RunCheckpoints
 from crmt.callbacks.checkpoints import find_last_checkpoint
 from crmt.strategies import JointTraining
-from helpers import TensorAVDataModule, make_trainer
+from helpers import TINY_SMOOTHING_ARGS, TensorAVDataModule, make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -28,6 +28,7 @@ TINY = [
     "--data.init_args.batch_size=8",
     "--model.init_args.encoder_width=4",
     "--trainer.max_epochs=4",
+    *TINY_SMOOTHING_ARGS,
 ]
 CRMT_SCHEDULE = ["--model.init_args.step1_epochs=2", "--model.init_args.step2_epochs=2"]
 
@@ -44,7 +45,7 @@ def fit(experiment: str, root: Path, data: Path, *extra: str, logger: bool = Fal
     (root / "snapshots").mkdir(parents=True, exist_ok=True)
     environment = {
         **os.environ, "WANDB_MODE": "offline", "CRMT_SNAPSHOT_DIR": str(root / "snapshots"),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), **(env or {}),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src"), str(REPO)]), **(env or {}),
     }
     return subprocess.run([sys.executable, "-m", "crmt", *args], cwd=REPO, env=environment, capture_output=True,
                           text=True, timeout=600)
@@ -66,7 +67,7 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
     differing = [name for name, value in states[0].items() if not torch.equal(value, states[1][name])]
     assert differing == [], f"the resumed run ended with different tensors: {differing}"
     reports = [json.loads((root / "report" / "metrics.json").read_text()) for root in (reference, resumed)]
-    for key in ("accuracy", "certified", "certified_model", "eta_ratio"):
+    for key in ("accuracy", "certified", "certified_model", "eta_ratio", "smoothed"):
         assert reports[0].get(key) == reports[1].get(key), key
 
 

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
+from helpers import TINY_SMOOTHING_ARGS
+
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
 
@@ -42,6 +44,7 @@ def test_sweep_trial_command_parses_and_starts_training(path, tmp_path):
         "--data.init_args.val_per_class=1", "--data.init_args.test_per_class=1", "--data.init_args.num_workers=0",
         "--model.init_args.encoder_width=4", "--model.init_args.step1_epochs=1", "--model.init_args.step2_epochs=1",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        *TINY_SMOOTHING_ARGS,
     ]
     env = {key: value for key, value in os.environ.items() if key != "WANDB_MODE"}
     printed = subprocess.run([*command, "--print_config"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

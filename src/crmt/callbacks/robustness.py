@@ -46,7 +46,9 @@ def _finalize(evaluator: RobustnessEvaluator, trainer: Trainer, pl_module: Light
 
 
 def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
-    """Flat scalars of an evaluation: attack accuracies, radius mean/median, eta log-ratio, audit rate."""
+    """Flat scalars of an evaluation: attack accuracies, radius mean/median, eta log-ratio, audit rate,
+    and per smoothed scope the smoothed certified accuracy at its table budget, the abstention rate and
+    the reach R_max of the smoothing settings (the budget accuracy is 0 by construction above it)."""
     scalars = {f"{prefix}/acc_{threat.key}": value for threat, value in metrics.accuracy.items()}
     certificates = (("radius", metrics.certified), ("model_radius", metrics.certified_model),
                     ("sound_radius", metrics.certified_sound))
@@ -60,6 +62,10 @@ def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
         scalars[f"{prefix}/eta_log_ratio_mean"] = metrics.eta_ratio.mean_log_ratio
     if metrics.audit is not None and metrics.audit.eligible:
         scalars[f"{prefix}/audit_violation_rate"] = metrics.audit.violation_rate
+    for scope, smoothed in (metrics.smoothed or {}).items():
+        scalars[f"{prefix}/smoothed_acc_at_budget{scope.suffix}"] = smoothed.accuracy_at_budget
+        scalars[f"{prefix}/smoothed_abstention{scope.suffix}"] = smoothed.abstention_rate
+        scalars[f"{prefix}/smoothed_max_radius{scope.suffix}"] = smoothed.max_radius
     return scalars
 
 
@@ -99,14 +105,14 @@ class RobustnessMonitor(Callback):
         every_n_epochs: evaluate after validation epochs ``n - 1, 2n - 1, ...``.
         num_samples: validation samples per rank to evaluate.
         settings: attacks and certificates; by default the paper's budgets, no curves, no audit,
-            no sound bound (kept cheap for a per-epoch check).
+            no sound bound, no smoothing (kept cheap for a per-epoch check).
     """
 
     def __init__(
         self,
         every_n_epochs: int = 1,
         num_samples: int = 64,
-        settings: RobustnessSettings = RobustnessSettings(curve_radii=(), audit_samples=0, sound_certificate=False),
+        settings: RobustnessSettings = RobustnessSettings(curve_radii=(), audit_samples=0),
     ) -> None:
         if every_n_epochs < 1 or num_samples < 1:
             raise ValueError(f"every_n_epochs and num_samples must be >= 1, got {every_n_epochs} and {num_samples}")
@@ -150,7 +156,8 @@ class RobustnessMonitor(Callback):
 
 class RobustnessReport(Callback):
     """After ``test``: the full robustness report of the test split (the paper's Table 2 layout,
-    accuracy-vs-radius curves, eta heatmap, certified accuracy, radius audit) written to
+    accuracy-vs-radius curves, eta heatmap, certified accuracy, radius audit, randomized smoothing
+    with ``settings.smoothing``) written to
     ``<run folder>/report/`` (or ``output_dir``), printed, and logged to W&B under ``report/``.
 
     Args:

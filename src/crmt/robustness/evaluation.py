@@ -16,6 +16,9 @@ the label, the clean logits (K,), the dataset index (when the batches carry one)
 :class:`~crmt.robustness.threats.Threat` of the paper's Table 2, True where the attacked sample is
 still classified correctly, and the accuracy curve (R,) over ``curve_radii`` per
 :class:`~crmt.robustness.threats.Scope` (multi-modal, each modality).
+
+With ``settings.smoothing``, the first ``smoothing.samples`` samples of each rank are also certified
+by randomized smoothing (:class:`~crmt.robustness.smoothing.SmoothingCertifier`), per scope.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ from crmt.robustness.results import (
     EtaRatio,
     RadiusSummary,
     RobustnessMetrics,
+    SmoothedCertificate,
 )
 from crmt.robustness.settings import RobustnessSettings
+from crmt.robustness.smoothing import JOINT_SCOPE, SmoothedCertificates, SmoothingCertifier
 from crmt.robustness.threats import Scope, Threat
 
 ReduceMax = Callable[[torch.Tensor], torch.Tensor]
@@ -339,6 +344,8 @@ class RobustnessResults:
         certified_sound: radii from sound Lipschitz upper bounds.
         sound_note: why there are no sound radii, when worth saying.
         audit: the radius audit of ``certified`` (and of ``certified_sound`` with ``audit_sound``).
+        smoothed: randomized-smoothing certificates of the certified samples per scope (the
+            multi-modal scope: noise on every modality), with ``settings.smoothing``.
     """
 
     modalities: list[str]
@@ -353,6 +360,7 @@ class RobustnessResults:
     certified_sound: CertifiedRadii | None = None
     sound_note: str = ""
     audit: AuditCounts | None = None
+    smoothed: dict[Scope, SmoothedCertificates] | None = None
 
     @property
     def samples(self) -> int:
@@ -412,13 +420,24 @@ class RobustnessResults:
             certified_model=own.summary(self.clean, grid) if own is not None else None,
             certified_sound=sound.summary(self.clean, grid) if sound is not None else None,
             sound_note=self.sound_note,
+            smoothed=self._smoothed_metrics(),
         )
+
+    def _smoothed_metrics(self) -> dict[Scope, SmoothedCertificate] | None:
+        """Per scope: the smoothing summary, certified accuracy at the scope's table budget."""
+        if self.smoothed is None:
+            return None
+        return {
+            scope: SmoothedCertificate.of(certificates, self.settings.smoothing, self.settings.budget(scope))
+            for scope, certificates in self.smoothed.items()
+        }
 
     def per_sample(self) -> dict:
         """Per-sample outcomes, JSON-ready, for paired statistics across models (``per_sample.json``):
         ``index`` (dataset index; the row number when unknown), ``label``, ``correct`` (0/1 per
-        threat key, Table-2 order) and, when certified, ``radius`` (common protocol) and
-        ``model_radius`` (multi-modal radii)."""
+        threat key, Table-2 order), when certified, ``radius`` (common protocol) and
+        ``model_radius`` (multi-modal radii), and with smoothing ``smoothed``: per scope key, the
+        certified rows' ``index`` (dataset index), smoothed ``prediction`` (-1: abstained) and ``radius``."""
         index = self.index if self.index is not None else torch.arange(self.samples)
         values: dict = {
             "index": index.tolist(),
@@ -428,6 +447,11 @@ class RobustnessResults:
         for key, certificate in (("radius", self.certified), ("model_radius", self.certified_model)):
             if certificate is not None:
                 values[key] = certificate.multimodal.float().tolist()
+        if self.smoothed is not None:
+            values["smoothed"] = {
+                scope.key: {"index": c.index.tolist(), "prediction": c.prediction.tolist(), "radius": c.radius.tolist()}
+                for scope, c in self.smoothed.items()
+            }
         return values
 
 
@@ -448,6 +472,10 @@ class RobustnessEvaluator:
     strategies: the pair Lipschitz table estimated over the evaluated samples themselves. A
     model with a table of its own (CRMT after its phase switch: tau~ over the training set, as
     in the paper) also gets ``certified_model`` from it, reported beside and labelled.
+
+    With ``settings.smoothing``, every model (certifiable or not) is also certified by randomized
+    smoothing: the samples' noise is seeded by their dataset index, the running row number of this
+    rank when the batches carry none.
     """
 
     def __init__(self, model: MultiModalModel, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None) -> None:
@@ -460,6 +488,8 @@ class RobustnessEvaluator:
         self.audit_chunks: list[_AuditChunk] = []
         self.certifiable: CertifiableModel | None = model if settings.certify and is_certifiable(model) else None
         self.estimator = LipschitzEstimator(self.certifiable) if self.certifiable is not None else None
+        self.smoother = SmoothingCertifier(model, settings.smoothing) if settings.smoothing is not None else None
+        self.seen = 0  # samples evaluated on this rank
 
     @property
     def audit_count(self) -> int:
@@ -477,6 +507,10 @@ class RobustnessEvaluator:
         ))
         if index is not None:
             self.indices.append(index.detach().clone())
+        if self.smoother is not None:
+            rows = index if index is not None else torch.arange(self.seen, self.seen + labels.shape[0])
+            self.smoother.update(inputs, labels, rows)
+        self.seen += int(labels.shape[0])
         room = self.settings.audit_samples - self.audit_count
         if self.certifiable is not None and room > 0:
             with torch.inference_mode(False):
@@ -506,6 +540,7 @@ class RobustnessEvaluator:
             correct={threat: gathered([batch.correct[threat] for batch in self.batches]) for threat in first.correct},
             curves={scope: gathered([batch.curves[scope] for batch in self.batches]) for scope in first.curves},
             index=gathered(self.indices) if len(self.indices) == len(self.batches) else None,
+            smoothed=self._smoothed(all_gather),
         )
         model = self.certifiable
         if model is None:
@@ -528,6 +563,14 @@ class RobustnessEvaluator:
                 if self.settings.audit_sound:
                     results.audit = replace(results.audit, sound=self._audit(sound, all_gather))
         return results
+
+    def _smoothed(self, all_gather: AllGather | None) -> dict[Scope, SmoothedCertificates] | None:
+        """Every rank's smoothing certificates, keyed by scope ("joint": the multi-modal scope)."""
+        if self.smoother is None:
+            return None
+        modalities = list(self.model.modalities)
+        scopes = {JOINT_SCOPE: Scope(tuple(modalities)), **{name: Scope((name,)) for name in modalities}}
+        return {scopes[name]: certificates for name, certificates in self.smoother.finalize(all_gather).items()}
 
     def _audit(self, table: torch.Tensor, all_gather: AllGather | None) -> AuditCounts:
         """Attack this rank's stored samples just inside their radii; counts summed over ranks."""

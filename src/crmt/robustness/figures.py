@@ -12,7 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crmt.robustness.results import EtaRatio  # noqa: E402
+from crmt.robustness.results import EtaRatio, SurvivalCurve  # noqa: E402
+
+FAMILY_STYLES: tuple[str, ...] = ("-", "--", ":", "-.")
+"""Line styles of the certified-accuracy figure's families, in order."""
 
 
 def _save(figure, path: Path) -> Path:
@@ -24,30 +27,26 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _line_plot(
-    radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str, x_label: str, y_label: str, step: bool
-) -> Path:
-    """One line (or step line) per curve over the radii, accuracy in [0, 1] on the y axis."""
-    figure, axis = plt.subplots(figsize=(5.0, 3.6))
-    for label, accuracy in curves.items():
-        if step:
-            axis.step(radii, accuracy, where="post", label=label)
-        else:
-            axis.plot(radii, accuracy, marker="o", label=label)
+def _accuracy_axes(x_label: str, y_label: str, title: str, size: tuple[float, float]):
+    """A figure and its axes, accuracy in [0, 1] on the y axis."""
+    figure, axis = plt.subplots(figsize=size)
     axis.set_xlabel(x_label)
     axis.set_ylabel(y_label)
     axis.set_ylim(0.0, 1.02)
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    axis.legend()
-    return _save(figure, path)
+    return figure, axis
 
 
 def plot_accuracy_vs_radius(
     radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str
 ) -> Path:
     """One line per curve: accuracy (y) at each l2 attack radius (x; 0 is the clean accuracy)."""
-    return _line_plot(radii, curves, path, title, "l2 attack radius", "accuracy", step=False)
+    figure, axis = _accuracy_axes("l2 attack radius", "accuracy", title, (5.0, 3.6))
+    for label, accuracy in curves.items():
+        axis.plot(radii, accuracy, marker="o", label=label)
+    axis.legend()
+    return _save(figure, path)
 
 
 def plot_eta_ratio_heatmap(ratio: EtaRatio, path: Path) -> Path:
@@ -75,7 +74,23 @@ def plot_eta_ratio_heatmap(ratio: EtaRatio, path: Path) -> Path:
 
 
 def plot_certified_accuracy(
-    radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str
+    families: Mapping[str, Mapping[str, SurvivalCurve]], path: Path, title: str, reach: float | None = None
 ) -> Path:
-    """Certified accuracy (fraction correct with radius >= r) against r, one step line per certificate."""
-    return _line_plot(radii, curves, path, title, "l2 radius r", "certified accuracy", step=True)
+    """Certified accuracy against the l2 radius r, every curve on the same axes as the exact
+    left-continuous step function of its per-sample radii (``step(where="pre")``, dropping to 0 after
+    its last radius). ``families``: curves by family (e.g. "estimated", "smoothed, sound") and scope
+    label; one colour per scope label, one line style per family, legend "<family> (<scope>)".
+    ``reach``: smoothing's R_max, drawn as a grey vertical line (no smoothed curve goes beyond it)."""
+    figure, axis = _accuracy_axes("l2 radius r", "certified accuracy", title, (6.0, 4.0))
+    labels = list(dict.fromkeys(label for curves in families.values() for label in curves))
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}
+    end = 1.05 * max(curve.radii[-1] for curves in families.values() for curve in curves.values()) or 1.0
+    for style, (family, curves) in zip(FAMILY_STYLES, families.items(), strict=False):
+        for label, curve in curves.items():
+            axis.step([*curve.radii, end], [*curve.accuracy, 0.0], where="pre", linestyle=style,
+                      color=colours[label], label=f"{family} ({label})")
+    if reach is not None:
+        axis.axvline(reach, color="grey", linestyle=":", label=f"smoothing's reach R_max = {reach:.2f}")
+    axis.set_xlim(0.0, end)
+    axis.legend(fontsize="small")
+    return _save(figure, path)

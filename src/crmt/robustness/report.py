@@ -14,8 +14,11 @@ from crmt.robustness.figures import (
     plot_certified_accuracy,
     plot_eta_ratio_heatmap,
 )
-from crmt.robustness.results import RobustnessMetrics
+from crmt.robustness.results import RobustnessMetrics, SmoothedCertificate, SurvivalCurve
 from crmt.robustness.threats import Scope
+
+SMOOTHING_RADII_OVER_SIGMA: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+"""The radii (multiples of sigma) of the smoothing table's certified-accuracy columns."""
 
 
 def _cell(value: float | None) -> str:
@@ -29,38 +32,119 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _joint_smoothed(metrics: RobustnessMetrics) -> SmoothedCertificate | None:
+    """The multi-modal scope's smoothing certificate (noise on every modality), if smoothed."""
+    if metrics.smoothed is None:
+        return None
+    return next(certificate for scope, certificate in metrics.smoothed.items() if scope.multimodal)
+
+
+SMOOTHED_COLUMN = "smoothed certified acc. at the budget"
+"""The accuracy table's column of the joint smoothing certificate at the multi-modal budget."""
+
+
+def _budget_cell(certificate: SmoothedCertificate | None) -> str:
+    """Smoothed certified accuracy at the budget, marked where the budget exceeds R_max (0 by construction)."""
+    if certificate is None:
+        return _cell(None)
+    cell = _cell(certificate.accuracy_at_budget)
+    if certificate.budget_out_of_reach:
+        cell += f" (budget > R_max {certificate.max_radius:.2f})"
+    return cell
+
+
 def accuracy_table(metrics_by_name: Mapping[str, RobustnessMetrics]) -> str:
     """Markdown table of accuracies, one row per model, the columns of the paper's Table 2 (the
-    first model's threats): clean, multi-modal FGM/PGD, uni-modal FGM/PGD, missing."""
+    first model's threats): clean, multi-modal FGM/PGD, uni-modal FGM/PGD, missing; then, when a
+    model was smoothed, its joint smoothed certified accuracy at the multi-modal budget (marked where the
+    budget is beyond the reach R_max of its smoothing settings)."""
     threats = next(iter(metrics_by_name.values())).threats
+    header = ["method", *(threat.title for threat in threats)]
     rows = [
         [name, *(_cell(metrics.accuracy.get(threat)) for threat in threats)] for name, metrics in metrics_by_name.items()
     ]
-    return markdown_table(["method", *(threat.title for threat in threats)], rows)
+    smoothed = [_joint_smoothed(metrics) for metrics in metrics_by_name.values()]
+    if any(certificate is not None for certificate in smoothed):
+        header.append(SMOOTHED_COLUMN)
+        for row, certificate in zip(rows, smoothed, strict=True):
+            row.append(_budget_cell(certificate))
+    return markdown_table(header, rows)
 
 
 def certificate_table(metrics_by_name: Mapping[str, RobustnessMetrics]) -> str:
-    """Markdown table of mean certified radii (estimated and sound), the audit and the eta log-ratio."""
+    """Markdown table of mean estimated certified radii, the audit and the eta log-ratio."""
     modalities = next(iter(metrics_by_name.values())).modalities
     header = ["method", "mean radius", *(f"mean radius {m}" for m in modalities), "audit violations",
-              "mean radius, model's own tau~", "mean sound radius", "mean log eta ratio"]
+              "mean radius, model's own tau~", "mean log eta ratio"]
     rows = []
     for name, metrics in metrics_by_name.items():
         certified = metrics.certified
         if certified is None:
             rows.append([name, *["-"] * (len(header) - 1)])
             continue
-        audit, own, sound, ratio = metrics.audit, metrics.certified_model, metrics.certified_sound, metrics.eta_ratio
+        audit, own, ratio = metrics.audit, metrics.certified_model, metrics.eta_ratio
         rows.append([
             name,
             _cell(certified.multimodal.mean),
             *(_cell(certified.radii[Scope((m,))].mean) for m in modalities),
             f"{audit.violations}/{audit.eligible}" if audit is not None else "-",
             _cell(own.multimodal.mean if own is not None else None),
-            f"{sound.multimodal.mean:.2e}" if sound is not None else "-",
             _cell(ratio.mean_log_ratio if ratio is not None else None),
         ])
     return markdown_table(header, rows)
+
+
+def sound_bound_line(metrics: RobustnessMetrics) -> str:
+    """The layer-product bound's radii in one sentence (it certifies next to nothing: no headline column)."""
+    sound = metrics.certified_sound
+    modalities = ", ".join(f"{scope.modalities[0]} {summary.mean:.2e}" for scope, summary in sound.radii.items()
+                           if not scope.multimodal)
+    return (f"Radii from the layer-product Lipschitz bound ({sound.lipschitz}, sound but far too loose to "
+            f"certify much): mean multi-modal radius {sound.multimodal.mean:.2e}; uni-modal: {modalities}.")
+
+
+def smoothing_table(metrics: RobustnessMetrics) -> str:
+    """Markdown table of the smoothing certificates, one row per scope: the scope's table budget, the
+    abstention rate, the certified accuracy at ``SMOOTHING_RADII_OVER_SIGMA`` x sigma and at the budget
+    (marked where the budget exceeds R_max)."""
+    sigma = metrics.settings.smoothing.sigma
+    radii = [factor * sigma for factor in SMOOTHING_RADII_OVER_SIGMA]
+    header = ["scope (noised)", "budget", "abstention rate", *(f"certified acc. r = {r:g}" for r in radii),
+              "certified acc. at the budget"]
+    rows = [
+        [_smoothing_scope(scope), f"{certificate.budget:g}", _cell(certificate.abstention_rate),
+         *(_cell(certificate.curve.at(r)) for r in radii), _budget_cell(certificate)]
+        for scope, certificate in metrics.smoothed.items()
+    ]
+    return markdown_table(header, rows)
+
+
+def _smoothing_scope(scope: Scope) -> str:
+    return "joint (every modality)" if scope.multimodal else f"{scope.modalities[0]} only"
+
+
+def smoothing_section(metrics: RobustnessMetrics) -> list[str]:
+    """The report's randomized-smoothing section: settings, the certified subset, the reach R_max, the table."""
+    joint = _joint_smoothed(metrics)
+    subset = ""
+    if joint.certified < metrics.samples:
+        subset = " (a subset of the test split: the first samples of each rank in loader order)"
+    return [
+        "",
+        "## Randomized smoothing (sound certificates)",
+        "",
+        f"Cohen et al.'s CERTIFY (ICML 2019) on the smoothed classifier: Gaussian noise of std sigma = "
+        f"{joint.sigma:g} in the normalised input space, on every modality (joint: an l2 certificate on the "
+        f"joint perturbation) or on one modality with the others clean; n0 = {joint.n0} selection and n = "
+        f"{joint.n} estimation draws; each radius holds with probability >= 1 - alpha = {1 - joint.alpha:g}. "
+        f"{joint.certified} of {metrics.samples} test samples certified{subset}. "
+        f"Abstentions count as wrong. Smoothing at these settings cannot certify beyond R_max = sigma * "
+        f"Phi^-1(alpha^(1/n)) = {joint.max_radius:.3f} (every one of the n draws voting for the top class); "
+        f"the certified accuracy at any r > R_max, and so the budget column where budget > R_max, is 0 by "
+        f"construction, whatever the model. The guarantee is about the smoothed classifier, not the model itself.",
+        "",
+        smoothing_table(metrics),
+    ]
 
 
 @dataclass
@@ -109,9 +193,28 @@ def render_markdown(name: str, metrics: RobustnessMetrics) -> str:
             "",
             certificate_table({name: metrics}),
         ]
+        if metrics.certified_sound is not None:
+            parts += ["", sound_bound_line(metrics)]
     elif metrics.sound_note:
         parts += ["", f"Certified radii: {metrics.sound_note}."]
+    if metrics.smoothed is not None:
+        parts += smoothing_section(metrics)
     return "\n".join(parts) + "\n"
+
+
+def certified_curves(metrics: RobustnessMetrics) -> dict[str, dict[str, SurvivalCurve]]:
+    """The exact certified-accuracy curves to draw, by family ("estimated", "smoothed, sound", and
+    the layer-product bound when computed) and scope label."""
+    families: dict[str, dict[str, SurvivalCurve]] = {}
+    if metrics.certified is not None:
+        families["estimated"] = {scope.label: summary.curve for scope, summary in metrics.certified.radii.items()}
+    if metrics.smoothed is not None:
+        families["smoothed, sound"] = {scope.label: c.curve for scope, c in metrics.smoothed.items()}
+    if metrics.certified_sound is not None:
+        families["layer-product bound, sound"] = {
+            scope.label: summary.curve for scope, summary in metrics.certified_sound.radii.items()
+        }
+    return families
 
 
 def write_report(
@@ -138,11 +241,11 @@ def write_report(
     heatmap_path = certified_path = None
     if metrics.eta_ratio is not None:
         heatmap_path = plot_eta_ratio_heatmap(metrics.eta_ratio, folder / "eta_ratio_heatmap.png")
-    if metrics.certified is not None:
-        certified = {scope.label: summary.certified_accuracy for scope, summary in metrics.certified.radii.items()}
-        if metrics.certified_sound is not None:
-            certified["multi-modal, sound"] = metrics.certified_sound.multimodal.certified_accuracy
+    families = certified_curves(metrics)
+    if families:
+        joint = _joint_smoothed(metrics)
         certified_path = plot_certified_accuracy(
-            metrics.certified.radius_grid, certified, folder / "certified_accuracy.png", f"{name}: certified accuracy"
+            families, folder / "certified_accuracy.png", f"{name}: certified accuracy",
+            joint.max_radius if joint is not None else None,
         )
     return ReportFiles(markdown_path, metrics_path, accuracy_path, heatmap_path, certified_path)

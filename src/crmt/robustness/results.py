@@ -4,13 +4,14 @@
 :class:`RobustnessMetrics` from the per-sample records; the report, the callbacks and the
 multi-seed comparison read its fields. Each class has one ``to_json`` (its part of
 ``metrics.json``) and one ``from_json`` (its inverse); accuracies are keyed by
-:class:`~crmt.robustness.threats.Threat`, curves and certificates by
-:class:`~crmt.robustness.threats.Scope`, and ``metrics.json`` lists the threats
+:class:`~crmt.robustness.threats.Threat`, curves and certificates (estimated radii, randomized
+smoothing) by :class:`~crmt.robustness.threats.Scope`, and ``metrics.json`` lists the threats
 (``{key, kind, attacked, budget}``) so that reading it back parses no names.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 
 from crmt.robustness.certify import certified_accuracy
 from crmt.robustness.settings import RobustnessSettings
+from crmt.robustness.smoothing import SmoothedCertificates, SmoothingSettings, max_certified_radius
 from crmt.robustness.threats import Scope, Threat
 
 
@@ -27,13 +29,47 @@ def _multimodal(by_scope: Mapping[Scope, object]):
 
 
 @dataclass(frozen=True)
+class SurvivalCurve:
+    """The exact certified-accuracy curve of per-sample radii: acc(r) = the share of ALL samples that are
+    correct with radius >= r, at ``radii`` [0, r_1, ..., r_J] (r_1 < ... < r_J the distinct radii of
+    the correct samples). acc is left-continuous: ``accuracy[j]`` holds on (r_{j-1}, r_j], and acc is
+    0 beyond r_J (matplotlib: ``step(radii, accuracy, where="pre")``)."""
+
+    radii: list[float]
+    accuracy: list[float]
+
+    @classmethod
+    def of(cls, radius: torch.Tensor, correct: torch.Tensor) -> SurvivalCurve:
+        """From the radii (N,) and the correctness (N,) bool of the samples; ([0], [0]) without a correct one."""
+        kept = radius[correct.to(radius.device)].double().sort().values.cpu()
+        total = max(radius.numel(), 1)
+        distinct = torch.unique(kept)
+        at_least = kept.numel() - torch.searchsorted(kept, distinct)  # searchsorted counts the radii < r_j
+        return cls([0.0, *distinct.tolist()], [kept.numel() / total, *(at_least.double() / total).tolist()])
+
+    def at(self, radius: float) -> float:
+        """acc(``radius``) for ``radius`` >= 0: ``accuracy[j]`` for the first r_j >= radius, 0 beyond r_J."""
+        j = bisect_left(self.radii, radius)
+        return self.accuracy[j] if j < len(self.radii) else 0.0
+
+    def to_json(self) -> dict:
+        return {"radii": list(self.radii), "accuracy": list(self.accuracy)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> SurvivalCurve:
+        return cls(list(data["radii"]), list(data["accuracy"]))
+
+
+@dataclass(frozen=True)
 class RadiusSummary:
-    """Certified radii of one scope over the samples: mean, median, and the certified accuracy (the
-    fraction of samples correct with radius >= r) at each r of the certificate's radius grid."""
+    """Certified radii of one scope over the samples: mean, median, the certified accuracy (the
+    fraction of samples correct with radius >= r) at each r of the certificate's radius grid, and
+    the exact curve (``None`` in files written before it existed)."""
 
     mean: float
     median: float
     certified_accuracy: list[float]
+    curve: SurvivalCurve | None = None
 
     @classmethod
     def of(cls, radius: torch.Tensor, correct: torch.Tensor, radius_grid: Sequence[float]) -> RadiusSummary:
@@ -41,14 +77,16 @@ class RadiusSummary:
         radius = radius.float()
         grid = torch.tensor(radius_grid)
         accuracy = certified_accuracy(radius.cpu(), correct.cpu(), grid).tolist()
-        return cls(radius.mean().item(), radius.median().item(), accuracy)
+        return cls(radius.mean().item(), radius.median().item(), accuracy, SurvivalCurve.of(radius, correct))
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "median": self.median, "certified_accuracy": list(self.certified_accuracy)}
+        curve = {} if self.curve is None else {"curve": self.curve.to_json()}
+        return {"mean": self.mean, "median": self.median, "certified_accuracy": list(self.certified_accuracy), **curve}
 
     @classmethod
     def from_json(cls, data: Mapping) -> RadiusSummary:
-        return cls(data["mean"], data["median"], list(data["certified_accuracy"]))
+        curve = SurvivalCurve.from_json(data["curve"]) if "curve" in data else None
+        return cls(data["mean"], data["median"], list(data["certified_accuracy"]), curve)
 
 
 @dataclass(frozen=True)
@@ -170,6 +208,67 @@ class AccuracyCurves:
 
 
 @dataclass(frozen=True)
+class SmoothedCertificate:
+    """Randomized smoothing (Cohen et al., ICML 2019) of one scope: sound l2 certificates of the smoothed
+    classifier (joint: noise on every modality; a modality: noise on it alone, the others clean).
+
+    Attributes:
+        sigma / n0 / n / alpha: the noise std and CERTIFY's selection draws, estimation draws and
+            failure probability per certificate.
+        certified: samples certified (all ranks; a subset of the evaluated ones when fewer).
+        abstention_rate: share of them where CERTIFY abstained.
+        budget: the l2 budget of the scope's table attacks.
+        curve: the exact certified-accuracy curve over the certified samples (abstentions count as wrong).
+
+    ``max_radius`` (R_max, derived from sigma, n and alpha) bounds every radius: where ``budget`` > R_max,
+    ``accuracy_at_budget`` is 0 by construction, whatever the model.
+    """
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    certified: int
+    abstention_rate: float
+    budget: float
+    curve: SurvivalCurve
+
+    @classmethod
+    def of(cls, certificates: SmoothedCertificates, settings: SmoothingSettings, budget: float) -> SmoothedCertificate:
+        """From the gathered per-sample certificates of one scope."""
+        curve = SurvivalCurve.of(certificates.radius, certificates.correct())
+        return cls(settings.sigma, settings.n0, settings.n, settings.alpha, int(certificates.prediction.numel()),
+                   certificates.abstention_rate(), budget, curve)
+
+    @property
+    def accuracy_at_budget(self) -> float:
+        """Smoothed certified accuracy at the table's budget."""
+        return self.curve.at(self.budget)
+
+    @property
+    def max_radius(self) -> float:
+        """R_max = sigma * Phi^-1(alpha^(1/n)), the largest radius CERTIFY can return at these settings."""
+        return max_certified_radius(self.sigma, self.n, self.alpha)
+
+    @property
+    def budget_out_of_reach(self) -> bool:
+        """Whether the budget exceeds R_max, so that ``accuracy_at_budget`` is 0 by construction."""
+        return self.budget > self.max_radius
+
+    def to_json(self) -> dict:
+        """The fields, and the derived ``accuracy_at_budget`` and ``max_radius`` for readers (not read back)."""
+        return {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha, "certified": self.certified,
+                "abstention_rate": self.abstention_rate, "budget": self.budget,
+                "accuracy_at_budget": self.accuracy_at_budget, "max_radius": self.max_radius,
+                "curve": self.curve.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> SmoothedCertificate:
+        return cls(data["sigma"], data["n0"], data["n"], data["alpha"], data["certified"], data["abstention_rate"],
+                   data["budget"], SurvivalCurve.from_json(data["curve"]))
+
+
+@dataclass(frozen=True)
 class RobustnessMetrics:
     """Every number of one evaluation (the content of ``metrics.json``, less the report's name and
     run context).
@@ -187,6 +286,7 @@ class RobustnessMetrics:
         certified_model: radii from the model's own table (CRMT's tau~ over the training set).
         certified_sound: radii from sound Lipschitz upper bounds.
         sound_note: why there are no sound radii, when there are none and it is worth saying.
+        smoothed: randomized smoothing per scope; ``None`` when not run.
     """
 
     samples: int
@@ -200,6 +300,7 @@ class RobustnessMetrics:
     certified_model: Certificate | None = None
     certified_sound: Certificate | None = None
     sound_note: str = ""
+    smoothed: dict[Scope, SmoothedCertificate] | None = None
 
     @property
     def threats(self) -> list[Threat]:
@@ -224,6 +325,8 @@ class RobustnessMetrics:
         data.update({key: value.to_json() for key, value in optional.items() if value is not None})
         if self.certified_sound is None and self.sound_note:
             data["certified_sound"] = {"note": self.sound_note}
+        if self.smoothed is not None:
+            data["smoothed"] = {scope.key: certificate.to_json() for scope, certificate in self.smoothed.items()}
         return data
 
     @classmethod
@@ -248,4 +351,9 @@ class RobustnessMetrics:
             certified_model=certificate("certified_model"),
             certified_sound=certificate("certified_sound"),
             sound_note=sound.get("note", ""),
+            smoothed=cls._smoothed_from_json(data["smoothed"], modalities) if "smoothed" in data else None,
         )
+
+    @staticmethod
+    def _smoothed_from_json(data: Mapping, modalities: Sequence[str]) -> dict[Scope, SmoothedCertificate]:
+        return {scope: SmoothedCertificate.from_json(data[scope.key]) for scope in Scope.every(modalities)}

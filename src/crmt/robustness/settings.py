@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from crmt.robustness.attacks import L2PGD
+from crmt.robustness.smoothing import SmoothingSettings
 from crmt.robustness.threats import Scope, Threat
 
 
@@ -22,12 +23,15 @@ class RobustnessSettings:
             radii from the table's attack, multi-modal and per modality; see ``_BatchAttacks.curves``).
         curve_steps: PGD steps at each curve radius other than the table's budget.
         certify: compute estimated certified radii (needs a certifiable model).
-        sound_certificate: also compute radii from sound Lipschitz upper bounds.
+        sound_certificate: also compute radii from sound Lipschitz upper bounds (the layer-product
+            bound: sound but, for trained networks, orders of magnitude too small to certify anything).
         audit_samples: how many samples (per rank) the radius audit attacks; 0 turns it off.
         audit_steps / audit_fraction: PGD steps and budget (fraction of the radius) of the audit,
             which starts from the multi-modal table attack's example rescaled to that budget.
         audit_sound: audit the sound radii too (they must show no violation).
-        radius_grid: radii at which certified accuracy is reported.
+        radius_grid: radii at which certified accuracy is also sampled (the exact curve is reported too).
+        smoothing: randomized smoothing (sound certificates, joint and per modality) of the first
+            ``smoothing.samples`` test samples per rank; ``None``: no smoothing.
         seed: seeds random starts.
     """
 
@@ -40,12 +44,13 @@ class RobustnessSettings:
     curve_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
     curve_steps: int = 1
     certify: bool = True
-    sound_certificate: bool = True
+    sound_certificate: bool = False
     audit_samples: int = 256
     audit_steps: int = 5
     audit_fraction: float = 0.99
     audit_sound: bool = False
     radius_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+    smoothing: SmoothingSettings | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,5 +86,8 @@ class RobustnessSettings:
 
     @classmethod
     def from_json(cls, data: dict) -> RobustnessSettings:
-        """The settings of :meth:`to_json` (JSON lists back to tuples)."""
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+        """The settings of :meth:`to_json` (JSON lists back to tuples; files written before smoothing
+        existed have no ``smoothing`` key: no smoothing)."""
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+        smoothing = values.pop("smoothing", None)
+        return cls(**values, smoothing=SmoothingSettings(**smoothing) if smoothing is not None else None)

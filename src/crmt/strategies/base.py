@@ -27,6 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from crmt.models.encoders import build_encoder
 from crmt.models.heads import FusionOutput
+from crmt.models.noise import GaussianInputNoise, modality_sigmas
 from crmt.models.protocol import Batch, LipschitzBounded
 
 __all__ = ["Batch", "MultiModalModule", "PAPER_INPUT_SHAPES"]
@@ -46,6 +47,11 @@ class MultiModalModule(LightningModule):
         encoder_width: channels of the first ResNet18 stage (64 in the paper); features are 8x that.
         optimizer: optimiser factory for the step that trains the whole model.
         lr_scheduler: optional scheduler factory for that optimiser, stepped once per epoch.
+        noise_sigma: standard deviation of the Gaussian noise added to the normalised inputs in
+            training mode (Gaussian data augmentation, for randomized smoothing): one sigma for
+            every modality, or modality name -> sigma (names left out: 0). 0 adds nothing and draws
+            no random numbers. Evaluation, attacks and certificates run in evaluation mode and see
+            clean inputs.
     """
 
     factory_arguments: tuple[str, ...] = ("optimizer", "lr_scheduler")
@@ -60,6 +66,7 @@ class MultiModalModule(LightningModule):
         encoder_width: int = 64,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        noise_sigma: float | dict[str, float] = 0.0,
     ) -> None:
         super().__init__()
         input_shapes = {name: list(shape) for name, shape in (input_shapes or PAPER_INPUT_SHAPES).items()}
@@ -74,6 +81,9 @@ class MultiModalModule(LightningModule):
         self.input_shapes = input_shapes
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
+        self.input_noise = nn.ModuleDict(
+            {name: GaussianInputNoise(sigma) for name, sigma in modality_sigmas(noise_sigma, self.modalities).items()}
+        )
         self.encoders = self.build_encoders(input_shapes, encoder_width)
         self.head = self.build_head([encoder.out_dim for encoder in self.encoders.values()], num_classes)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -95,8 +105,10 @@ class MultiModalModule(LightningModule):
         return [batch[name] for name in self.modalities]
 
     def encode_modality(self, m: int, inputs: torch.Tensor) -> torch.Tensor:
-        """phi^(m)(x^(m)): the features of modality ``m`` alone, (B, D_m)."""
-        return self.encoders[self.modalities[m]](inputs)
+        """phi^(m)(x^(m)): the features of modality ``m`` alone, (B, D_m); in training mode of x^(m) + the
+        modality's input noise (``noise_sigma``)."""
+        name = self.modalities[m]
+        return self.encoders[name](self.input_noise[name](inputs))
 
     def fuse(self, features: Sequence[torch.Tensor]) -> FusionOutput:
         """Logits and per-modality scores from the features of every modality."""

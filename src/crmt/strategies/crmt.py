@@ -84,10 +84,11 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
         init_integration: float = 0.1,
         tau_method: GradientMethod = "loop",
         step2_selection: Literal["best_val", "last"] = "best_val",
+        noise_sigma: float | dict[str, float] = 0.0,
     ) -> None:
         if step2_selection not in ("best_val", "last"):
             raise ValueError(f"step2_selection must be 'best_val' or 'last', got {step2_selection!r}")
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler)
+        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler, noise_sigma)
         self.automatic_optimization = False
         self.step2_optimizer_factory = step2_optimizer
         self.init_phases(step1_epochs, step2_epochs)

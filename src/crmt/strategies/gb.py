@@ -212,12 +212,13 @@ class GradientBlending(JointTraining):
             self.log(f"train/blend_{name}", weight)
 
     def branches(self) -> list[nn.Module]:
-        """Deep copies of every branch in the current state: one per modality, then the fused one."""
+        """Deep copies of every branch in the current state: one per modality, then the fused one. Each
+        encoder comes behind its input noise (``noise_sigma``), so the forks train as the model does."""
+        encoders = [nn.Sequential(self.input_noise[name], self.encoders[name]) for name in self.modalities]
         unimodal = [
-            UniModalBranch(copy.deepcopy(self.encoders[name]), copy.deepcopy(head), m)
-            for m, (name, head) in enumerate(zip(self.modalities, self.unimodal_heads, strict=True))
+            UniModalBranch(copy.deepcopy(encoders[m]), copy.deepcopy(head), m) for m, head in enumerate(self.unimodal_heads)
         ]
-        fused = MultiModalBranch(nn.ModuleList(copy.deepcopy(list(self.encoders.values()))), copy.deepcopy(self.head))
+        fused = MultiModalBranch(nn.ModuleList(copy.deepcopy(encoders)), copy.deepcopy(self.head))
         return [*unimodal, fused]
 
     def estimate_blend(self) -> torch.Tensor:

@@ -58,7 +58,7 @@ class TransformerStreams:
 class MultiModalTransformer(TransformerStreams, JointTraining):
     """MMT: CE on a concat head over the class tokens, h = W [CLS_v; CLS_a] + b.
 
-    Args (besides ``num_classes``, ``input_shapes``, ``optimizer``, ``lr_scheduler``): the
+    Args (besides ``num_classes``, ``input_shapes``, ``optimizer``, ``lr_scheduler``, ``noise_sigma``): the
     :class:`TransformerConfig` fields (token width, per-modality and cross-modal depths, heads,
     patch size, MLP ratio, dropout); the proposal of baselines.md §8 by default.
     """
@@ -76,8 +76,11 @@ class MultiModalTransformer(TransformerStreams, JointTraining):
         patch_size: int = 16,
         mlp_ratio: int = 4,
         dropout: float = 0.1,
+        noise_sigma: float | dict[str, float] = 0.0,
     ) -> None:
-        super().__init__(num_classes, input_shapes, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        super().__init__(
+            num_classes, input_shapes, optimizer=optimizer, lr_scheduler=lr_scheduler, noise_sigma=noise_sigma
+        )
 
 
 class CRMTMultiModalTransformer(TransformerStreams, CRMTJointTraining):
@@ -105,6 +108,7 @@ class CRMTMultiModalTransformer(TransformerStreams, CRMTJointTraining):
         patch_size: int = 16,
         mlp_ratio: int = 4,
         dropout: float = 0.1,
+        noise_sigma: float | dict[str, float] = 0.0,
     ) -> None:
         if step2_epochs != 0:
             raise ValueError(
@@ -120,6 +124,7 @@ class CRMTMultiModalTransformer(TransformerStreams, CRMTJointTraining):
             step1_epochs=step1_epochs,
             step2_epochs=0,
             init_integration=init_integration,
+            noise_sigma=noise_sigma,
         )
 
     def on_fit_start(self) -> None:
