@@ -68,9 +68,10 @@ test: $(STAMP) ## run the test suite without the tests marked slow (includes one
 test-full: $(STAMP) ## run every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2, report vs l2-PGD pass, loader vs training
+bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2, report and smoothing vs l2-PGD pass, loader vs training
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.report
+	$(BIN)/python -m benchmarks.smoothing
 	$(BIN)/python -m benchmarks.loader
 
 bench-scale: $(STAMP) ## step-1 clips/s (Lightning vs plain loop, fp32 vs bf16), tau~ loop vs batched, step 2 vs step 1, memory; ARGS="--paper-sizes" for K=31, 224x224, ResNet18 w64

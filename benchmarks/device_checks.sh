@@ -8,21 +8,48 @@
 #     typeshed_client==2.15.0
 # and installed there first: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
 # SMALL=1 runs the same steps at CPU sizes (a dry run of this script on any machine). Files under $OUT:
-# log.txt (everything printed), scale.json, loader.json, fit_{fp32,bf16}_metrics.json.
+# log.txt (everything printed), scale.json, loader.json, smoothing.json, fit_{fp32,bf16}_metrics.json, steady.json.
 set -uo pipefail
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
 export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 SMALL=${SMALL:-}
+STEPS=${STEPS:-1 2 3 4 5 6}  # which of the numbered steps to run, e.g. STEPS="1 5"
+runs() { [[ " $STEPS " == *" $1 "* ]]; }
 exec > >(tee -a "$OUT/log.txt") 2>&1
 step() { echo "=== $(date +%T) $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import os, torch, lightning; print('torch', torch.__version__, '| lightning', lightning.__version__, '| cpus', os.cpu_count())"
 
+CLIPS=256 && [ -n "$SMALL" ] && CLIPS=16
+WORK=/tmp/loader_bench
+fake_clips() {  # CLIPS fake 10 s clips and their list under WORK, made in parallel (once)
+  [ -f "$WORK/ks_train.txt" ] && return
+  timeout 60 python3 - "$CLIPS" <<'PY'
+import sys
+from multiprocessing import Pool
+from pathlib import Path
+from benchmarks.loader import fake_clip
+from data_modules.encoding import write_mp4
+media = Path("/tmp/loader_bench/media"); media.mkdir(parents=True, exist_ok=True)
+def make(index):
+    name = f"bench{index:06d}_000000_000010"
+    video, audio = fake_clip(index, 10.0, fps=25, rate=44100)
+    write_mp4(media / f"{name}.mp4", video=video, audio=audio, fps=25, audio_rate=44100)
+    return f"{name} {index % 31}"
+with Pool(16) as pool:
+    lines = pool.map(make, range(int(sys.argv[1])))
+Path("/tmp/loader_bench/ks_train.txt").write_text("\n".join(lines) + "\n")
+PY
+}
+
+if runs 1; then
 step "1. bench-scale: step 1 (Lightning vs plain, fp32 vs bf16, channels_last), tau~ loop vs batched, step 2, memory"
 SCALE_ARGS=(--paper-sizes) && [ -n "$SMALL" ] && SCALE_ARGS=()
-timeout 200 python3 -m benchmarks.scale "${SCALE_ARGS[@]}" --out "$OUT/scale.json" 2>&1 | grep -v Warning
+timeout 180 python3 -m benchmarks.scale "${SCALE_ARGS[@]}" --out "$OUT/scale.json" 2>&1 | grep -v Warning
+fi
 
+if runs 2; then
 step "2. host-to-device copy of one paper-size frame batch (64 x 3 x 3 x 224 x 224), pinned: uint8 vs float32"
 timeout 60 python3 - <<'PY' 2>&1
 import time, torch
@@ -39,41 +66,46 @@ for dtype in (torch.uint8, torch.float32):
     torch.cuda.synchronize(); ms = (time.perf_counter() - start) / 20 * 1e3
     print(f"{str(dtype):14s} {host.numel() * host.element_size() / 2**20:7.1f} MiB  {ms:6.2f} ms per batch")
 PY
+fi
 
-step "3. loader at paper input sizes (fake 10 s clips): decoding, prepare and cache at 16 workers, then the cache at 4 and 1"
-CLIPS=256 && [ -n "$SMALL" ] && CLIPS=16
-WORK=/tmp/loader_bench
-timeout 60 python3 - "$CLIPS" <<'PY'
-import sys
-from multiprocessing import Pool
-from pathlib import Path
-from benchmarks.loader import fake_clip
-from data_modules.encoding import write_mp4
-media = Path("/tmp/loader_bench/media"); media.mkdir(parents=True, exist_ok=True)
-def make(index):
-    name = f"bench{index:06d}_000000_000010"
-    video, audio = fake_clip(index, 10.0, fps=25, rate=44100)
-    write_mp4(media / f"{name}.mp4", video=video, audio=audio, fps=25, audio_rate=44100)
-    return f"{name} {index % 31}"
-with Pool(16) as pool:
-    lines = pool.map(make, range(int(sys.argv[1])))
-Path("/tmp/loader_bench/ks_train.txt").write_text("\n".join(lines) + "\n")
-PY
+if runs 3; then
+step "3. smoothing: CERTIFY of one clip in every scope (n0 64 + n 500) against one l2-PGD pass, noise on the GPU vs the host"
+SMOOTH_ARGS=(--paper-sizes --n0 64 --n 500 --draws-per-pass 500 --clips 2 --repeats 2) && [ -n "$SMALL" ] && SMOOTH_ARGS=()
+timeout 90 python3 -m benchmarks.smoothing "${SMOOTH_ARGS[@]}" --out "$OUT/smoothing.json" 2>&1 | grep -v Warning
+fi
+
+if runs 4; then
+step "4. loader at paper input sizes (fake 10 s clips): decoding, prepare and cache at 16 workers, then the cache at 4 and 1"
+fake_clips
 LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --epochs 2 --steps 1 --work-dir "$WORK")
 WIDEST=16 && [ -n "$SMALL" ] && WIDEST=2
-timeout 120 "${LOADER[@]}" --workers $WIDEST --out "$WORK/loader_w$WIDEST.json" 2>&1 | grep -v Warning
+timeout 90 "${LOADER[@]}" --workers $WIDEST --out "$WORK/loader_w$WIDEST.json" 2>&1 | grep -v Warning
 for workers in 4 1; do
-  timeout 60 "${LOADER[@]}" --cache-only --workers "$workers" --out "$WORK/loader_w$workers.json" 2>&1 | grep -v Warning
+  timeout 45 "${LOADER[@]}" --cache-only --workers "$workers" --out "$WORK/loader_w$workers.json" 2>&1 | grep -v Warning
 done
 python3 -c "import json, pathlib, sys; print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob('loader_w*.json'))}, indent=1))" "$WORK" > "$OUT/loader.json"
+fi
 
-step "4. make train EXP=crmt_jt on the GPU (embedded data): fp32, then bf16-mixed with channels_last"
+if runs 5; then
+step "5. make train EXP=crmt_jt on the GPU (embedded data): fp32, then bf16-mixed with channels_last"
 FIT=(fit $(python3 -m crmt.experiments crmt_jt) --trainer.logger false)
 timeout 120 python3 -m crmt "${FIT[@]}" --trainer.default_root_dir /tmp/fit_fp32 > /tmp/fit_fp32.log 2>&1
-timeout 120 python3 -m crmt "${FIT[@]}" --trainer.default_root_dir /tmp/fit_bf16 --trainer.precision bf16-mixed \
+timeout 90 python3 -m crmt "${FIT[@]}" --trainer.default_root_dir /tmp/fit_bf16 --trainer.precision bf16-mixed \
   --trainer.callbacks+=crmt.callbacks.ChannelsLast > /tmp/fit_bf16.log 2>&1
 for run in fp32 bf16; do
   echo "--- fit $run"; grep -v -i warn "/tmp/fit_$run.log" | tail -n 30
   cp /tmp/fit_$run/report/metrics.json "$OUT/fit_${run}_metrics.json" 2>/dev/null || echo "no metrics for $run"
 done
+fi
+
+if runs 6; then
+step "6. the cache at steady state: 16 workers, 8 passes, workers started every pass vs persistent"
+fake_clips
+LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --steps 1 --work-dir "$WORK")
+timeout 60 "${LOADER[@]}" --workers 16 --epochs 1 --cache-only --out "$WORK/prepare.json" > /dev/null 2>&1
+for persistent in "" --persistent; do
+  timeout 45 "${LOADER[@]}" --cache-only --workers 16 --epochs 8 $persistent --out "$WORK/steady$persistent.json" 2>&1 | grep -v Warning
+done
+python3 -c "import json, pathlib, sys; print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob('steady*.json'))}, indent=1))" "$WORK" > "$OUT/steady.json"
+fi
 step done

@@ -428,17 +428,26 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     overrides = {key: getattr(args, key) for key in ("batch", "steps", "warmup", "batches", "repeats")}
     sizes = replace(PAPER if args.paper_sizes else TINY, **{k: v for k, v in overrides.items() if v is not None})
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = pick_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     results = run_benchmark(sizes, device)
-    print(json.dumps(results))
-    print(table(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {args.out}")
+    emit(results, table(results), args.out)
     return results
+
+
+def emit(results: dict, text: str, out: Path) -> None:
+    """Print ``results`` as one JSON line, then ``text`` (a table); write the JSON to ``out``."""
+    print(json.dumps(results))
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {out}")
+
+
+def pick_device(choice: str) -> torch.device:
+    """``--device``: "cuda", "cpu", or "auto" (CUDA when available)."""
+    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 if __name__ == "__main__":

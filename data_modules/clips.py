@@ -349,6 +349,9 @@ class MediaDataModule(L.LightningDataModule):
     fail later, while a batch is loaded. An empty test split, or an empty validation split while
     validation is on, is an error naming the split.
 
+    ``persistent_workers`` keeps the DataLoader workers alive between epochs (off by default; on a
+    16-core GPU machine it read the cache 2.2x faster, see docs/scaling.md).
+
     With ``cache_dir``, clips cached by ``prepare_cache`` (``python -m data_modules.prepare``)
     are read from the cache and not probed again; clips that preparation could not decode are
     unusable with the recorded reason; the rest is probed and decoded on the fly.
@@ -364,6 +367,7 @@ class MediaDataModule(L.LightningDataModule):
         settings: ClipPipeline,
         batch_size: int,
         num_workers: int | None,
+        persistent_workers: bool,
         on_bad_clip: BadClipPolicy,
         seed: int,
         cache_dir: str | None,
@@ -380,6 +384,7 @@ class MediaDataModule(L.LightningDataModule):
         self.settings = settings
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.persistent_workers = persistent_workers
         self.on_bad_clip: BadClipPolicy = on_bad_clip
         self.seed = seed
         self.cache = (
@@ -509,6 +514,7 @@ class MediaDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=self._training_order(dataset) if shuffle else None,
             num_workers=workers,
+            persistent_workers=self.persistent_workers and workers > 0,
             collate_fn=collate_clips,
             pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed),
@@ -548,8 +554,9 @@ class MediaDataModule(L.LightningDataModule):
 class ClipDataModule(MediaDataModule):
     """Audio-visual classification clips listed in a ``path,label,split`` CSV manifest.
 
-    Batches are dicts with ``audio`` (B, 1, num_mel_bins, audio_frames), ``visual``
-    (B, 3, num_frames, frame_size, frame_size) float32, and ``label``, ``index`` (B,) int64;
+    Batches are dicts with ``audio`` (B, 1, num_mel_bins, audio_frames) float32, ``visual``
+    (B, 3, num_frames, frame_size, frame_size) uint8 (normalised float32 once on the device, see
+    :meth:`MediaDataModule.normalize`), and ``label``, ``index`` (B,) int64;
     ``input_shapes`` and ``pixel_normalization`` describe them to the model and the attacks.
     ``clip`` (a :class:`ClipSettings`, the paper's inputs by default) says how clips become inputs;
     see :class:`MediaDataModule` for bad clips and the cache. ``seed`` seeds the training order and
@@ -563,6 +570,7 @@ class ClipDataModule(MediaDataModule):
         clip: ClipSettings = ClipSettings(),
         batch_size: int = 16,
         num_workers: int | None = None,
+        persistent_workers: bool = False,
         on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
         cache_dir: str | None = None,
@@ -572,6 +580,7 @@ class ClipDataModule(MediaDataModule):
             settings=clip,
             batch_size=batch_size,
             num_workers=num_workers,
+            persistent_workers=persistent_workers,
             on_bad_clip=on_bad_clip,
             seed=seed,
             cache_dir=cache_dir,

@@ -52,6 +52,7 @@ class EmbeddedAVDataModule(ClipDataModule):
         clip: ClipSettings = EMBEDDED_CLIP,
         batch_size: int = 16,
         num_workers: int | None = None,
+        persistent_workers: bool = False,
         on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:
@@ -80,6 +81,7 @@ class EmbeddedAVDataModule(ClipDataModule):
             clip=clip,
             batch_size=batch_size,
             num_workers=num_workers,
+            persistent_workers=persistent_workers,
             on_bad_clip=on_bad_clip,
             seed=seed,
         )

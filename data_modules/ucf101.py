@@ -33,6 +33,7 @@ class UCF101DataModule(SplitListDataModule):
         cache_dir: str | None = "data/cache",
         batch_size: int = 64,
         num_workers: int | None = None,
+        persistent_workers: bool = False,
         on_bad_clip: BadClipPolicy = "raise",
         seed: int = 0,
     ) -> None:
@@ -46,6 +47,7 @@ class UCF101DataModule(SplitListDataModule):
             val_fraction=val_fraction,
             batch_size=batch_size,
             num_workers=num_workers,
+            persistent_workers=persistent_workers,
             on_bad_clip=on_bad_clip,
             seed=seed,
             cache_dir=cache_dir,

@@ -94,3 +94,15 @@ import benchmarks.scale
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_smoothing_benchmark_times_certify_and_pgd(tmp_path, one_thread):
+    """benchmarks/smoothing.py at tiny sizes: the JSON it writes, and the cost of 1000 draws from the clip's."""
+    from benchmarks import smoothing
+
+    out = tmp_path / "smoothing.json"
+    results = smoothing.main(["--device", "cpu", "--n0", "4", "--n", "16", "--clips", "1", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert results["settings"]["scopes"] == 3 and results["certify_host_noise_s"] is None
+    assert results["certify_s_per_1000_draws"] == pytest.approx(results["certify_s"] / 0.020)
+    assert results["certify_over_pgd"] == pytest.approx(results["certify_s"] / results["pgd_s"])

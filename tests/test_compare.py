@@ -290,6 +290,35 @@ def test_runs_with_and_without_smoothing_read_back_and_compare(tmp_path):
     assert "| crmt_jt |" in markdown.read_text(encoding="utf-8")
 
 
+def test_smoothing_summary_reads_both_curves_at_multiples_of_sigma(tmp_path):
+    """Two seeds with hand-made smoothed and estimated curves: acc(r) read off each step function by hand."""
+    smoothed_curves = [SurvivalCurve([0.0, 0.5, 1.25], [0.75, 0.75, 0.25]), SurvivalCurve([0.0, 2.0], [0.5, 0.5])]
+    estimated_curves = [SurvivalCurve([0.0, 0.8, 3.0], [0.9, 0.6, 0.3]), SurvivalCurve([0.0, 1.0], [0.8, 0.4])]
+    runs = {"crmt_jt": []}
+    for seed, (smoothed_curve, estimated_curve) in enumerate(zip(smoothed_curves, estimated_curves, strict=True)):
+        folder = tmp_path / "crmt_jt" / f"seed{seed}"
+        written = _write_run(folder, "crmt_jt", seed)
+        certified = replace(written.certified, radii={
+            scope: replace(summary, curve=estimated_curve) for scope, summary in written.certified.radii.items()
+        })
+        certificates = {scope: SmoothedCertificate(1.0, 8, 64, 0.001, 60, 0.25 * seed, SETTINGS.budget(scope), smoothed_curve)
+                        for scope in Scope.every(MODALITIES)}
+        smoothing = SmoothingSettings(sigma=1.0, n0=8, n=64, samples=60)
+        written = replace(written, settings=replace(SETTINGS, smoothing=smoothing), certified=certified, smoothed=certificates)
+        (folder / "metrics.json").write_text(json.dumps({"name": "crmt_jt", **written.to_json()}), encoding="utf-8")
+        runs["crmt_jt"].append(load_run("crmt_jt", seed, folder))
+    markdown, results_path = write_comparison(runs, tmp_path / "out", data="embedded", replicates=50)
+    joint = json.loads(results_path.read_text(encoding="utf-8"))["smoothed"]["crmt_jt"]["multimodal"]
+    assert joint["radii"] == [0.5, 1.0, 2.0] and joint["certified_clips"] == [60, 60]
+    # acc(r) is accuracy[j] for the first breakpoint r_j >= r, 0 beyond the last: seed 0 smoothed 0.75 on (0, 0.5],
+    # 0.25 on (0.5, 1.25], 0 beyond; seed 1 smoothed 0.5 up to 2; estimated 0.6 / 0.3 / 0.3 and 0.4 / 0.4 / 0
+    assert [cell["per_seed"] for cell in joint["smoothed"]] == [[0.75, 0.5], [0.25, 0.5], [0.0, 0.5]]
+    assert [cell["per_seed"] for cell in joint["estimated"]] == [[0.6, 0.4], [0.3, 0.4], [0.3, 0.0]]
+    assert joint["abstention_rate"]["per_seed"] == [0.0, 0.25]
+    assert joint["smoothed"][1]["std"] == pytest.approx(np.std([0.25, 0.5], ddof=1))
+    assert "| crmt_jt | joint | 60/60 | 0.125 ± 0.177 | 0.625 ± 0.177 |" in markdown.read_text(encoding="utf-8")
+
+
 def test_comparison_takes_its_columns_and_orderings_from_the_runs_threats(tmp_path):
     """Three modalities of other names: every column, radius and ordering follows the runs' own
     threats and modalities (and the two-modality gap ordering does not apply)."""

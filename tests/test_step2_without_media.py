@@ -34,9 +34,11 @@ def manifest(tmp_path_factory) -> str:
     return str(root / "manifest.csv")
 
 
-def fit(manifest: str, tmp_path, workers: int, callbacks=()) -> CRMTJointTraining:
+def fit(manifest: str, tmp_path, workers: int, callbacks=(), persistent: bool = False) -> CRMTJointTraining:
     seed_everything(0)
-    data = ClipDataModule(manifest, num_classes=3, clip=SMALL_CLIP, batch_size=4, num_workers=workers)
+    data = ClipDataModule(
+        manifest, num_classes=3, clip=SMALL_CLIP, batch_size=4, num_workers=workers, persistent_workers=persistent
+    )
     data.setup("fit")
     model = CRMTJointTraining(
         3, data.input_shapes, 4, partial(torch.optim.Adam, lr=1e-2), step1_epochs=2, step2_epochs=2,
@@ -57,3 +59,15 @@ def test_step2_epochs_load_no_inputs_and_train_as_the_epochs_that_decoded_them(m
     decoding = fit(manifest, tmp_path / "media", workers)
     for name, value in decoding.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_persistent_workers_see_the_switch_and_train_as_the_main_process_does(manifest, tmp_path):
+    """Workers kept alive across epochs (and across the switch's own pass over the training loader)
+    stop loading inputs at step 2 and give the weights of a run that loads in the main process."""
+    keys = BatchKeys()
+    persistent = fit(manifest, tmp_path / "persistent", 2, [keys], persistent=True)
+    inputs = ("audio", "index", "label", "visual")
+    assert keys.keys == {0: {inputs}, 1: {inputs}, 2: {("index", "label")}, 3: {("index", "label")}}
+    main_process = fit(manifest, tmp_path / "main", 0)
+    for name, value in main_process.state_dict().items():
+        assert torch.equal(persistent.state_dict()[name], value), name

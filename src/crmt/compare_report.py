@@ -20,7 +20,7 @@ import numpy as np
 from crmt.robustness.figures import plot_accuracy_vs_radius
 from crmt.robustness.report import markdown_table
 from crmt.robustness.results import Certificate, RobustnessMetrics
-from crmt.robustness.threats import KIND_TITLES, Scope, Threat
+from crmt.robustness.threats import KIND_TITLES, MULTIMODAL_KEY, Scope, Threat
 from crmt.statistics import (
     BootstrapResult,
     Statistic,
@@ -172,6 +172,51 @@ def certificate_summary(
             **{scope.key: summarize([c.radii[scope].mean for c in certificates]) for scope in scopes},
         }
     return summary
+
+
+SMOOTHED_RADII_OVER_SIGMA = (0.5, 1.0, 2.0)
+"""Where the comparison reads the certified-accuracy curves, as multiples of the smoothing sigma."""
+
+
+def smoothing_summary(runs: Mapping[str, Sequence[SeedRun]]) -> dict[str, dict]:
+    """Per method whose every run has randomized-smoothing certificates, per scope (keyed by its key):
+    the radii r = f x sigma (f in ``SMOOTHED_RADII_OVER_SIGMA``, sigma of the first run), the clips
+    certified per run, the abstention rate and, at each r, the smoothed certified accuracy (sound,
+    over the certified clips) and the estimated one (the common protocol's exact curve over every
+    test clip; None where a run has none), each summarized over seeds."""
+    summary = {}
+    for name, seed_runs in runs.items():
+        if any(run.metrics.smoothed is None for run in seed_runs):
+            continue
+        summary[name] = {}
+        for scope, first in seed_runs[0].metrics.smoothed.items():
+            radii = [factor * first.sigma for factor in SMOOTHED_RADII_OVER_SIGMA]
+            smoothed = [run.metrics.smoothed[scope] for run in seed_runs]
+            estimated = [run.metrics.certified.radii[scope].curve if run.metrics.certified else None for run in seed_runs]
+            summary[name][scope.key] = {
+                "radii": radii,
+                "certified_clips": [certificate.certified for certificate in smoothed],
+                "abstention_rate": summarize([certificate.abstention_rate for certificate in smoothed]),
+                "smoothed": [summarize([certificate.curve.at(r) for certificate in smoothed]) for r in radii],
+                "estimated": [summarize([curve.at(r) if curve else None for curve in estimated]) for r in radii],
+            }
+    return summary
+
+
+def smoothing_table(summary: Mapping[str, Mapping[str, Mapping]]) -> str:
+    """One row per method and scope: certified clips, abstention rate, smoothed and estimated certified
+    accuracy at each radius ("mean ± std" over seeds)."""
+    first = next(iter(next(iter(summary.values())).values()))
+    radii = [f"{r:g}" for r in first["radii"]]
+    header = ["method", "scope (noised)", "clips", "abstention rate", *(f"smoothed r = {r}" for r in radii),
+              *(f"estimated r = {r}" for r in radii)]
+    rows = [
+        [name, "joint" if key == MULTIMODAL_KEY else f"{key} only", "/".join(map(str, cells["certified_clips"])),
+         mean_std_cell(cells["abstention_rate"]), *map(mean_std_cell, cells["smoothed"]), *map(mean_std_cell, cells["estimated"])]
+        for name, scopes in summary.items()
+        for key, cells in scopes.items()
+    ]
+    return markdown_table(header, rows)
 
 
 def mean_std_cell(summary: Mapping | None) -> str:
@@ -390,6 +435,7 @@ def comparison_results(
         "accuracy": accuracy_summary(runs, first.threats),
         "certified": certificate_summary(runs, lambda metrics: metrics.certified),
         "certified_model": certificate_summary(runs, lambda metrics: metrics.certified_model),
+        "smoothed": smoothing_summary(runs),
         "claims": [claim.as_dict() for claim in claims],
         "wall_seconds": {name: {str(run.seed): run.wall_seconds for run in seed_runs} for name, seed_runs in runs.items()},
         "total_wall_seconds": sum(run.wall_seconds or 0.0 for seed_runs in runs.values() for run in seed_runs),
@@ -427,6 +473,18 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], ablation: Path | 
             "not comparable across methods:",
             "",
             certificate_table(results["certified_model"], modalities),
+        ]
+    if results["smoothed"]:
+        parts += [
+            "",
+            "## Randomized smoothing (sound certificates)",
+            "",
+            "Certified accuracy of the smoothed classifier (Cohen et al.'s CERTIFY; abstentions count as wrong) "
+            "over the clips each run certified (the first ones in loader order), beside the estimated certified "
+            "accuracy of the model itself (common protocol, every test clip) at the same radii. See each run's "
+            "`report.md` for sigma, n and R_max.",
+            "",
+            smoothing_table(results["smoothed"]),
         ]
     bootstrap = results["bootstrap"]
     parts += [

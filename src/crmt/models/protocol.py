@@ -8,7 +8,7 @@ strategy class: any ``nn.Module`` with these members can be attacked, and, when 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 
@@ -18,7 +18,6 @@ Batch = dict[str, torch.Tensor]
 """A collated batch: one input tensor per modality name, ``label`` (B,) and ``index`` (B,)."""
 
 
-@runtime_checkable
 class LinearFusionHead(Protocol):
     """A head whose logits are ``sum_m A^(m) * (W^(m) phi^(m)) + b`` (method.md §1-§2)."""
 
@@ -37,7 +36,6 @@ class LinearFusionHead(Protocol):
         """A: (M, K)."""
 
 
-@runtime_checkable
 class LipschitzBounded(Protocol):
     """An encoder that knows a sound upper bound of its own l2 Lipschitz constant."""
 
@@ -45,7 +43,6 @@ class LipschitzBounded(Protocol):
         """Upper bound on inputs of ``input_shape`` (one sample, no batch dimension), batch norm in eval mode."""
 
 
-@runtime_checkable
 class MultiModalModel(Protocol):
     """A classifier of M modalities split into per-modality encoders and a fusion.
 
@@ -67,7 +64,6 @@ class MultiModalModel(Protocol):
         """Logits (B, K) and per-modality scores (M, B, K) from every modality's features."""
 
 
-@runtime_checkable
 class CertifiableModel(MultiModalModel, Protocol):
     """A :class:`MultiModalModel` whose radii the bounds of method.md §1-§2 give."""
 
@@ -81,6 +77,22 @@ class CertifiableModel(MultiModalModel, Protocol):
         """A sound upper bound of the l2 Lipschitz constant of ``encode_modality(m, .)``."""
 
 
+def protocol_members(protocol: type) -> set[str]:
+    """The public names ``protocol`` declares (annotated attributes, properties, methods), its protocol bases' included."""
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if base is not Protocol and getattr(base, "_is_protocol", False):
+            names |= {name for name in (*vars(base).get("__annotations__", {}), *vars(base)) if not name.startswith("_")}
+    return names
+
+
+def conforms(obj: object, protocol: type) -> bool:
+    """Whether ``obj`` has every member of ``protocol``, looked up with ``hasattr``. (``isinstance`` on a
+    runtime-checkable protocol looks members up with ``inspect.getattr_static`` from Python 3.12 on,
+    which misses an ``nn.Module``'s parameters, buffers and submodules: every head would fail.)"""
+    return all(hasattr(obj, name) for name in protocol_members(protocol))
+
+
 def is_certifiable(model: object) -> bool:
     """Whether ``model`` declares itself certifiable (its logits are linear in each modality's features)."""
-    return bool(getattr(model, "certifiable", False)) and isinstance(getattr(model, "head", None), LinearFusionHead)
+    return bool(getattr(model, "certifiable", False)) and conforms(getattr(model, "head", None), LinearFusionHead)

@@ -28,7 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from crmt.models.encoders import build_encoder
 from crmt.models.heads import FusionOutput
 from crmt.models.noise import GaussianInputNoise, modality_sigmas
-from crmt.models.protocol import Batch, LipschitzBounded
+from crmt.models.protocol import Batch, LipschitzBounded, conforms
 
 __all__ = ["Batch", "MultiModalModule", "PAPER_INPUT_SHAPES"]
 
@@ -132,7 +132,7 @@ class MultiModalModule(LightningModule):
         NotImplementedError for an encoder that does not expose one (``lipschitz_upper_bound``)."""
         name = self.modalities[m]
         encoder = self.encoders[name]
-        if not isinstance(encoder, LipschitzBounded):
+        if not conforms(encoder, LipschitzBounded):
             raise NotImplementedError(f"no Lipschitz upper bound is implemented for {type(encoder).__name__}")
         return encoder.lipschitz_upper_bound(self.input_shapes[name])
 
