@@ -3,8 +3,10 @@
 The official CRMT / OGM-GE loaders draw ``RandomResizedCrop(224)`` and
 ``RandomHorizontalFlip()`` independently for every frame of a training clip. Here the crop is
 taken from the (cached) ``S x S`` frame and resized back to ``S x S``; evaluation frames are
-never augmented. Random numbers come from ``generator`` (torch's global RNG when ``None``,
-which DataLoader workers seed per epoch).
+never augmented. The draws are made in the DataLoader workers (:func:`draw_crops`, from
+``generator``: a per-sample generator, or torch's global RNG when ``None``) and travel with the
+uint8 frames; the crops, resizes and flips run on the device (:func:`crop_resize_flip`, called by
+the data module's ``normalize`` after the transfer).
 """
 
 from __future__ import annotations
@@ -40,27 +42,53 @@ def random_crop_box(height: int, width: int, generator: torch.Generator | None =
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def crop_and_flip(
-    frames: torch.Tensor, *, flip_negates: int | None = None, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random resized crop (back to the input size) and a coin-flip horizontal flip of each frame.
+CROP_SUFFIX = "_crop"
+"""A training batch carries, beside each augmented pixel modality ``name``, the per-frame draws
+``name + CROP_SUFFIX`` (B, T, 6) that :func:`crop_resize_flip` applies on the device."""
 
-    ``frames`` is uint8 ``(T, H, W, C)``; the result has the same shape and dtype. For flow
-    images (uint8, 128 = no motion) pass ``flip_negates=0``: a flip mirrors the horizontal
-    component too, ``u -> 255 - u``.
-    """
-    if frames.ndim != 4 or frames.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 frames (T, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
-    _, height, width, _ = frames.shape
-    out = []
-    for frame in frames:
+
+def draw_crops(frames: int, height: int, width: int, *, flip_negates: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The random resized crop and horizontal flip of each of ``frames`` frames of ``height`` x ``width``,
+    drawn from ``generator`` (per frame: :func:`random_crop_box`, then a coin flip), as int64
+    (frames, 6) rows ``(top, left, h, w, flip, negated)``: ``negated`` is the channel a flip turns into
+    255 - value (``flip_negates``: 0 for flow images, whose u component a mirror reverses), -1 for none."""
+    rows = []
+    for _ in range(frames):
         top, left, h, w = random_crop_box(height, width, generator)
-        crop = frame[top : top + h, left : left + w].permute(2, 0, 1)[None].float()
-        image = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0]
-        image = image.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
-        if bool(torch.rand(1, generator=generator) < 0.5):
-            image = image.flip(1)
-            if flip_negates is not None:
-                image[..., flip_negates] = 255 - image[..., flip_negates]
-        out.append(image)
-    return torch.stack(out)
+        flip = int(bool(torch.rand(1, generator=generator) < 0.5))
+        rows.append((top, left, h, w, flip, -1 if flip_negates is None else flip_negates))
+    return torch.tensor(rows, dtype=torch.int64).reshape(frames, 6)
+
+
+def _source_coordinates(start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, size) source coordinates of an output row (or column) of ``size`` pixels resized from the
+    box [start, start + length): F.interpolate's bilinear, half-pixel centres, clamped to the box."""
+    out = torch.arange(size, device=start.device, dtype=torch.float32)
+    offset = ((out[None] + 0.5) * (length[:, None] / size) - 0.5).clamp(min=0)
+    return start[:, None] + torch.minimum(offset, length[:, None] - 1)
+
+
+def crop_resize_flip(pixels: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+    """Apply :func:`draw_crops`' draws where ``pixels`` are (the device): uint8 (B, C, T, H, W) and
+    ``crops`` (B, T, 6) -> float32 (B, C, T, H, W) in [0, 255]. Each frame's box is resized back to
+    H x W (bilinear, as ``F.interpolate`` on the box; boxes are never larger than the frame, so this
+    only enlarges), mirrored where ``flip``, with channel ``negated`` turned into 255 - value there."""
+    batch, channels, frames, height, width = pixels.shape
+    draws = crops.to(pixels.device).reshape(batch * frames, 6)
+    top, left, h, w, flip, negated = draws.unbind(1)
+    y = _source_coordinates(top.float(), h.float(), height)
+    x = _source_coordinates(left.float(), w.float(), width)
+    x = torch.where(flip[:, None].bool(), x.flip(1), x)
+    grid = torch.stack(
+        (
+            (2 * x / max(width - 1, 1) - 1)[:, None, :].expand(-1, height, -1),
+            (2 * y / max(height - 1, 1) - 1)[:, :, None].expand(-1, -1, width),
+        ),
+        dim=-1,
+    )
+    images = pixels.transpose(1, 2).reshape(batch * frames, channels, height, width).float()
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    negate = (flip.bool()[:, None] & (negated[:, None] == torch.arange(channels, device=out.device)[None]))[:, :, None, None]
+    out = torch.where(negate, 255 - out, out)
+    return out.reshape(batch, frames, channels, height, width).transpose(1, 2)

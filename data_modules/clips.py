@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from data_modules.augment import crop_and_flip
+from data_modules.augment import CROP_SUFFIX, crop_resize_flip, draw_crops
 from data_modules.cache import ClipCache
 from data_modules.decoding import ClipDecodeError, decode_audio, decode_sampled, probe_media, sample_frame_indices
 from data_modules.features import channels_first, kaldi_fbank, normalize_fbank, normalize_pixels
@@ -78,7 +78,7 @@ class ClipSettings:
     resampled to mono ``sample_rate`` Hz (at most ``audio_frames`` frames). The transform picks
     ``num_frames`` of the kept frames (one per segment: random for training, centred for
     evaluation; see :func:`sample_frame_indices`), optionally crops and flips them for training
-    (``augment``, see :func:`crop_and_flip`), and normalises the filterbank as
+    (``augment``, see :func:`draw_crops`), and normalises the filterbank as
     ``(x - audio_mean) / (audio_std_factor * audio_std)``.
 
     The defaults are the paper's inputs, the one set of defaults of every audio-visual data module:
@@ -169,20 +169,22 @@ class ClipSettings:
     def transform(
         self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """``visual`` uint8 (3, num_frames, S, S), normalised on the device by the data module
-        (:meth:`MediaDataModule.normalize`), and ``audio`` float32 (1, num_mel_bins, audio_frames) from
-        :meth:`extract`'s arrays; training draws frames (and crops) from ``generator``."""
+        """``visual`` uint8 (3, num_frames, S, S) and ``audio`` float32 (1, num_mel_bins, audio_frames)
+        from :meth:`extract`'s arrays; training draws frames from ``generator``, and with ``augment``
+        each frame's crop and flip (``visual_crop``, see :func:`draw_crops`), which the data module
+        applies on the device with the normalisation (:meth:`MediaDataModule.normalize`)."""
         frames = torch.from_numpy(arrays["frames"])
         chosen = frames[sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)]
+        inputs = {"visual": channels_first(chosen)}
         if train and self.augment:
-            chosen = crop_and_flip(chosen, generator=generator)
-        audio = normalize_fbank(
+            inputs["visual" + CROP_SUFFIX] = draw_crops(len(chosen), *chosen.shape[1:3], generator=generator)
+        inputs["audio"] = normalize_fbank(
             torch.from_numpy(arrays["fbank"]),
             target_frames=self.audio_frames,
             mean=self.audio_mean,
             std=self.audio_std * self.audio_std_factor,
         )
-        return {"visual": channels_first(chosen), "audio": audio}
+        return inputs
 
 
 class SkipLog:
@@ -432,14 +434,18 @@ class MediaDataModule(L.LightningDataModule):
 
     def normalize(self, batch: Sample | None) -> Sample | None:
         """``batch`` with its uint8 pixel modalities (the keys of :attr:`pixel_normalization`,
-        (B, C, T, H, W)) normalised to float32 where they are; other entries as they are."""
+        (B, C, T, H, W)) cropped, resized and flipped by their training draws (``<name>_crop``, see
+        :func:`crop_resize_flip`; the draws leave the batch) and normalised to float32, where they
+        are; other entries as they are."""
         if batch is None:
             return None
-        pixels = self.pixel_normalization
-        return {
-            name: normalize_pixels(value, *pixels[name]) if name in pixels and value.dtype == torch.uint8 else value
-            for name, value in batch.items()
-        }
+        out = dict(batch)
+        for name, (mean, std) in self.pixel_normalization.items():
+            crops = out.pop(name + CROP_SUFFIX, None)
+            if name in out and out[name].dtype == torch.uint8:
+                pixels = out[name] if crops is None else crop_resize_flip(out[name], crops)
+                out[name] = normalize_pixels(pixels, mean, std)
+        return out
 
     def on_after_batch_transfer(self, batch: Sample | None, dataloader_idx: int) -> Sample | None:
         """Every batch the Trainer (or a strategy's ``batch_to_device``) moves to the device: :meth:`normalize`."""

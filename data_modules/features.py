@@ -92,13 +92,16 @@ def channels_first(frames: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Uint8 channels-first pixels of one clip ``(C, T, H, W)`` or a batch ``(B, C, T, H, W)`` to float32
-    on their device: scaled to [0, 1], then ``(x - mean_c) / std_c`` per channel."""
-    if pixels.ndim not in (4, 5) or pixels.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 pixels (C, T, H, W) or (B, C, T, H, W), got {pixels.dtype} {tuple(pixels.shape)}")
+    """Channels-first pixel values in [0, 255] (uint8, or float32 from a resize) of one clip
+    ``(C, T, H, W)`` or a batch ``(B, C, T, H, W)`` to float32 on their device: scaled to [0, 1],
+    then ``(x - mean_c) / std_c`` per channel."""
+    if pixels.ndim not in (4, 5) or pixels.dtype not in (torch.uint8, torch.float32):
+        raise ValueError(
+            f"expected uint8 or float32 pixels (C, T, H, W) or (B, C, T, H, W), got {pixels.dtype} {tuple(pixels.shape)}"
+        )
     channels = pixels.shape[pixels.ndim - 4]
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ValueError(f"need {channels} mean and std values with std > 0, got {tuple(mean)} and {tuple(std)}")
     mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(channels, 1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(channels, 1, 1, 1)
-    return (pixels.float().div_(255.0) - mean_t) / std_t
+    return (pixels.float().div(255.0) - mean_t) / std_t

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data_modules.augment import crop_and_flip
+from data_modules.augment import CROP_SUFFIX, draw_crops
 from data_modules.decoding import decode_sampled, probe_media, sample_frame_indices
 from data_modules.features import channels_first
 from data_modules.flow import FLOW_BOUND, FLOW_MEAN, FLOW_STD, flow_images
@@ -86,11 +86,14 @@ class RgbFlowSettings:
         self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """``rgb`` (3, T, S, S) and ``flow`` (2, T, S, S) uint8 from :meth:`extract`'s arrays, normalised on the
-        device by the data module (:meth:`MediaDataModule.normalize`); training draws from ``generator``."""
+        device by the data module (:meth:`MediaDataModule.normalize`); training draws the frames and, with
+        ``augment``, each frame's crop and flip (``rgb_crop``, ``flow_crop``) from ``generator``."""
         frames, flow = torch.from_numpy(arrays["frames"]), torch.from_numpy(arrays["flow"])
         steps = sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)
         rgb, motion = frames[steps], flow[steps]
+        inputs = {"rgb": channels_first(rgb), "flow": channels_first(motion)}
         if train and self.augment:
-            rgb = crop_and_flip(rgb, generator=generator)
-            motion = crop_and_flip(motion, flip_negates=0, generator=generator)
-        return {"rgb": channels_first(rgb), "flow": channels_first(motion)}
+            size = rgb.shape[1:3]
+            inputs["rgb" + CROP_SUFFIX] = draw_crops(len(rgb), *size, generator=generator)
+            inputs["flow" + CROP_SUFFIX] = draw_crops(len(motion), *size, flip_negates=0, generator=generator)
+        return inputs

@@ -29,7 +29,7 @@ from data_modules import (
     UCF101DataModule,
     VGGSoundDataModule,
 )
-from data_modules.augment import crop_and_flip
+from data_modules.augment import crop_resize_flip, draw_crops
 from data_modules.encoding import write_mp4
 from data_modules.flow import flow_images
 from data_modules.prepare import data_arguments
@@ -397,12 +397,14 @@ def test_flow_images_measure_motion_in_both_directions():
 
 
 def test_flipping_flow_mirrors_its_horizontal_component():
-    flow = torch.full((40, 8, 8, 2), 200, dtype=torch.uint8)
-    flipped = crop_and_flip(flow, flip_negates=0, generator=torch.Generator().manual_seed(0))
-    u = flipped[..., 0].flatten(1)
+    flow = torch.full((1, 2, 40, 8, 8), 200, dtype=torch.uint8)  # (B, C, T, H, W)
+    crops = draw_crops(40, 8, 8, flip_negates=0, generator=torch.Generator().manual_seed(0))
+    flipped = crop_resize_flip(flow, crops[None])[0].round()  # bilinear weights of a flat image sum to 1 +- 1 ulp
+    u = flipped[0].flatten(1)
     assert ((u == 200).all(1) | (u == 55).all(1)).all()
     assert 5 < (u[:, 0] == 55).sum() < 35, "about half the frames are flipped"
-    assert (flipped[..., 1] == 200).all()
+    assert torch.equal(u[:, 0] == 55, crops[:, 4] == 1)
+    assert (flipped[1] == 200).all()
 
 
 def test_cremad_fake_takes_audio_from_the_wav_files(cremad_fake, tmp_path, monkeypatch):
