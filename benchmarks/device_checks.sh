@@ -70,7 +70,7 @@ fi
 
 if runs 3; then
 step "3. smoothing: CERTIFY of one clip in every scope (n0 64 + n 500) against one l2-PGD pass, noise on the GPU vs the host"
-SMOOTH_ARGS=(--paper-sizes --n0 64 --n 500 --draws-per-pass 500 --clips 2 --repeats 2) && [ -n "$SMALL" ] && SMOOTH_ARGS=()
+SMOOTH_ARGS=(--sizes paper --n0 64 --n 500 --draws-per-pass 500 --clips 2 --repeats 2) && [ -n "$SMALL" ] && SMOOTH_ARGS=()
 timeout 90 python3 -m benchmarks.smoothing "${SMOOTH_ARGS[@]}" --out "$OUT/smoothing.json" 2>&1 | grep -v Warning
 fi
 

@@ -1,5 +1,6 @@
 """``python -m benchmarks.smoothing``: what randomized-smoothing certification costs per test clip,
-against one l2-PGD pass, at CPU sizes (default) or the paper's (``--paper-sizes``), on CPU or one GPU.
+against one l2-PGD pass, at tiny CPU sizes (default), the embedded data's (``--sizes embedded``) or
+the paper's (``--sizes paper``), on CPU or one GPU.
 
 The model is CRMT-JT at :mod:`benchmarks.scale`'s sizes with its initial weights, in evaluation mode
 (the cost does not depend on the weights); inputs are random and resident on the device.
@@ -31,6 +32,11 @@ from benchmarks.scale import PAPER, TINY, build_model, clock, device_info, emit,
 from crmt.robustness.attacks import L2PGD, predict
 from crmt.robustness.smoothing import SmoothingSettings, certify, noise_generator
 from crmt.strategies.crmt import CRMTJointTraining
+
+
+EMBEDDED = replace(TINY, input_shapes={"visual": [3, 3, 48, 48], "audio": [1, 128, 100]}, batch=16)
+"""The embedded data's inputs (data_modules.embedded.EMBEDDED_CLIP: 3 frames of 48 x 48, 128 x 100
+fbank) and the experiments' model (K = 6, width 8), at the test loader's batch of 16."""
 
 
 def certify_seconds(
@@ -68,7 +74,7 @@ def pgd_seconds_per_clip(model: CRMTJointTraining, batch: dict[str, torch.Tensor
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Every measurement of the module docstring, as a JSON-ready dict."""
-    base = PAPER if args.paper_sizes else TINY
+    base = {"tiny": TINY, "embedded": EMBEDDED, "paper": PAPER}[args.sizes]
     sizes = replace(base, batches=1, batch=args.batch or base.batch)
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -112,7 +118,8 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paper-sizes", action="store_true", help="benchmarks.scale's paper sizes (K=31, 224x224, w64)")
+    parser.add_argument("--sizes", choices=("tiny", "embedded", "paper"), default="tiny",
+                        help="benchmarks.scale's tiny or paper sizes (K=31, 224x224, w64), or the embedded data's")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch", type=int, help="clips in the l2-PGD batch (benchmarks.scale's batch)")
     parser.add_argument("--clips", type=int, default=3, help="clips certified (after one warm-up; default 3)")

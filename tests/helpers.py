@@ -59,7 +59,7 @@ class TensorAVDataModule(LightningDataModule):
 
 TINY_SMOOTHING = {"n0": 8, "n": 64, "batch": 64, "samples": 2}
 """Randomized-smoothing settings that keep the report of a test's CLI run cheap and still smooth end to end
-(experiments/defaults.yaml certifies 16 clips per rank with 64 + 1000 draws in each of 3 scopes)."""
+(experiments/defaults.yaml certifies 16 clips with 64 + 1000 draws in each of 3 scopes)."""
 
 TINY_SMOOTHING_ARGS = [
     f"--trainer.callbacks.init_args.settings.smoothing.{key}={value}" for key, value in TINY_SMOOTHING.items()

@@ -15,6 +15,7 @@ import yaml
 from wandb.proto import wandb_internal_pb2
 
 from crmt.cli import main
+from crmt.robustness.smoothing import evenly_spaced
 from helpers import TINY_SMOOTHING, TINY_SMOOTHING_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,6 +254,7 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
             "--trainer.accelerator=cpu",
             "--trainer.strategy=ddp",
             "--trainer.devices=2",
+            "--trainer.callbacks.init_args.settings.smoothing.samples=3",  # of 8 test clips: 0, 2 and 5
         ],
         cwd=REPO,
         env={**os.environ, "WANDB_MODE": "offline", "CRMT_STATE_DIR": str(state_dir)},
@@ -273,4 +275,7 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
     run_dir = wandb_run_dir(tmp_path / "runs")
     metrics = json.loads((report_folder(tmp_path / "runs", run_dir) / "metrics.json").read_text())
     assert_wandb_holds_robustness_output(run_dir, metrics)
-    assert metrics["smoothed"]["multimodal"]["certified"] == 2 * TINY_SMOOTHING["samples"], "both ranks' certificates"
+    per_sample = json.loads((report_folder(tmp_path / "runs", run_dir) / "per_sample.json").read_text())
+    certified = per_sample["smoothed"]["multimodal"]["index"]
+    assert sorted(certified) == sorted(evenly_spaced(len(per_sample["index"]), 3)), "the clips one process would certify"
+    assert {i % 2 for i in certified} == {0, 1}, "both ranks' shards (even and odd indices) gathered"

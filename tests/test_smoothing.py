@@ -23,6 +23,7 @@ from crmt.robustness.smoothing import (
     certify,
     class_counts,
     clopper_pearson_lower,
+    evenly_spaced,
     max_certified_radius,
     noise_generator,
     predict,
@@ -353,3 +354,22 @@ def test_no_attack_on_the_smoothed_classifier_succeeds_inside_the_certified_radi
                 flipped_outside += predict(model, far, noised, SIGMA, 4000, 0.001, 4000, noise_generator(2, i, number)) != top
     assert certified >= 12
     assert flipped_outside >= 1
+
+
+def test_the_certified_clips_are_spread_over_the_split_whatever_the_ranks():
+    """With the split's size the certifier takes floor(j N / samples) and nothing else, even when two
+    ranks each meet half of the split, in any order; without it, the first samples it meets."""
+    assert evenly_spaced(300, 4) == {0, 75, 150, 225} and evenly_spaced(3, 5) == {0, 1, 2}
+    settings = SmoothingSettings(sigma=1.0, n0=4, n=8, batch=8, samples=4)
+    inputs = linear_sample(0.5)
+
+    def certified(order: list[int], dataset_size: int | None) -> list[int]:
+        certifier = SmoothingCertifier(LINEAR, settings, dataset_size)
+        for index in order:
+            certifier.update([x.expand(1, *x.shape[1:]) for x in inputs], torch.tensor([1]), torch.tensor([index]))
+        return certifier.indices
+
+    everything = list(range(300))
+    ranks = [certified(everything[0::2][::-1], 300), certified(everything[1::2], 300)]
+    assert sorted(ranks[0] + ranks[1]) == [0, 75, 150, 225]
+    assert certified(everything, None) == [0, 1, 2, 3]

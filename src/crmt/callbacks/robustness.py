@@ -32,9 +32,19 @@ def run_folder(trainer: Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def _evaluator(trainer: Trainer, pl_module: MultiModalModel, settings: RobustnessSettings) -> RobustnessEvaluator:
+def _evaluator(
+    trainer: Trainer, pl_module: MultiModalModel, settings: RobustnessSettings, dataset_size: int | None = None
+) -> RobustnessEvaluator:
     normalization = getattr(trainer.datamodule, "pixel_normalization", None) if trainer.datamodule else None
-    return RobustnessEvaluator(pl_module, settings, pixel_ranges_for(pl_module.modalities, normalization))
+    return RobustnessEvaluator(pl_module, settings, pixel_ranges_for(pl_module.modalities, normalization), dataset_size)
+
+
+def _test_split_size(trainer: Trainer) -> int | None:
+    """Samples of the test loader's dataset (None when it has no length): smoothing spreads its clips over them."""
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if hasattr(dataset, "__len__") else None
 
 
 def _finalize(evaluator: RobustnessEvaluator, trainer: Trainer, pl_module: LightningModule) -> RobustnessResults:
@@ -180,7 +190,7 @@ class RobustnessReport(Callback):
         self.files: ReportFiles | None = None
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.evaluator = _evaluator(trainer, pl_module, self.settings)
+        self.evaluator = _evaluator(trainer, pl_module, self.settings, _test_split_size(trainer))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch is not None:

@@ -17,8 +17,9 @@ the label, the clean logits (K,), the dataset index (when the batches carry one)
 still classified correctly, and the accuracy curve (R,) over ``curve_radii`` per
 :class:`~crmt.robustness.threats.Scope` (multi-modal, each modality).
 
-With ``settings.smoothing``, the first ``smoothing.samples`` samples of each rank are also certified
-by randomized smoothing (:class:`~crmt.robustness.smoothing.SmoothingCertifier`), per scope.
+With ``settings.smoothing``, ``smoothing.samples`` samples spread evenly over the test split (the
+first ones of each rank when the split's size is not given) are also certified by randomized
+smoothing (:class:`~crmt.robustness.smoothing.SmoothingCertifier`), per scope.
 """
 
 from __future__ import annotations
@@ -475,10 +476,14 @@ class RobustnessEvaluator:
 
     With ``settings.smoothing``, every model (certifiable or not) is also certified by randomized
     smoothing: the samples' noise is seeded by their dataset index, the running row number of this
-    rank when the batches carry none.
+    rank when the batches carry none; ``dataset_size`` (the test split's) spreads the certified
+    samples evenly over it.
     """
 
-    def __init__(self, model: MultiModalModel, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None) -> None:
+    def __init__(
+        self, model: MultiModalModel, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None,
+        dataset_size: int | None = None,
+    ) -> None:
         self.model = model
         self.settings = settings
         self.pixel_ranges = pixel_ranges
@@ -488,7 +493,9 @@ class RobustnessEvaluator:
         self.audit_chunks: list[_AuditChunk] = []
         self.certifiable: CertifiableModel | None = model if settings.certify and is_certifiable(model) else None
         self.estimator = LipschitzEstimator(self.certifiable) if self.certifiable is not None else None
-        self.smoother = SmoothingCertifier(model, settings.smoothing) if settings.smoothing is not None else None
+        self.smoother = (
+            SmoothingCertifier(model, settings.smoothing, dataset_size) if settings.smoothing is not None else None
+        )
         self.seen = 0  # samples evaluated on this rank
 
     @property

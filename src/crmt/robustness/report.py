@@ -128,7 +128,7 @@ def smoothing_section(metrics: RobustnessMetrics) -> list[str]:
     joint = _joint_smoothed(metrics)
     subset = ""
     if joint.certified < metrics.samples:
-        subset = " (a subset of the test split: the first samples of each rank in loader order)"
+        subset = " (a subset of the test split, spread evenly over its dataset indices)"
     return [
         "",
         "## Randomized smoothing (sound certificates)",

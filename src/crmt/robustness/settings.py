@@ -31,7 +31,8 @@ class RobustnessSettings:
         audit_sound: audit the sound radii too (they must show no violation).
         radius_grid: radii at which certified accuracy is also sampled (the exact curve is reported too).
         smoothing: randomized smoothing (sound certificates, joint and per modality) of the first
-            ``smoothing.samples`` test samples per rank; ``None``: no smoothing.
+            ``smoothing.samples`` test samples (all ranks together, spread evenly over the test
+            split); ``None``: no smoothing.
         seed: seeds random starts.
     """
 

@@ -48,8 +48,9 @@ JOINT_SCOPE = "joint"
 class SmoothingSettings:
     """sigma: noise std in the normalised input space (one value for every noised modality);
     n0: selection draws; n: estimation draws; alpha: failure probability of each certificate;
-    batch: noise draws per forward pass; samples: test samples certified per rank (None: all; the
-    first ones in loader order); seed: seeds the noise, with the sample's dataset index."""
+    batch: noise draws per forward pass; samples: test samples certified, by all ranks together
+    (None: all), spread evenly over the test split (:func:`evenly_spaced`); seed: seeds the noise,
+    with the sample's dataset index."""
 
     sigma: float = 0.25
     n0: int = 100
@@ -97,6 +98,13 @@ def noise_generator(seed: int, index: int, scope: int, device: torch.device | st
     (equally distributed) noise than a CPU run, and is not slowed by drawing it on the host."""
     state = np.random.SeedSequence([seed, index, scope]).generate_state(1, np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state))
+
+
+def evenly_spaced(size: int, count: int) -> frozenset[int]:
+    """``min(count, size)`` dataset indices spread evenly over ``range(size)``: floor(j * size / count),
+    j < count (every index when count >= size). Splits are often stored class by class, so the first
+    ``count`` clips would be a few classes only."""
+    return frozenset(range(size) if count >= size else (j * size // count for j in range(count)))
 
 
 def _clean_features(model: MultiModalModel, inputs: Sequence[torch.Tensor], noised: Sequence[int]) -> list[torch.Tensor | None]:
@@ -221,11 +229,13 @@ class SmoothingCertifier:
     a certificate against attacks on that modality alone).
 
     Each sample's noise comes from :func:`noise_generator` (``settings.seed``, its dataset index, the
-    scope number), so results do not depend on batches, ranks or order. Usage: :meth:`update` on
-    every test batch, then :meth:`finalize` on every rank.
+    scope number), so results do not depend on batches, ranks or order. With ``dataset_size`` (the
+    test split's), the certified samples are the ``settings.samples`` dataset indices of
+    :func:`evenly_spaced`, whichever rank meets them; without it, the first ``settings.samples`` each
+    rank meets. Usage: :meth:`update` on every test batch, then :meth:`finalize` on every rank.
     """
 
-    def __init__(self, model: MultiModalModel, settings: SmoothingSettings) -> None:
+    def __init__(self, model: MultiModalModel, settings: SmoothingSettings, dataset_size: int | None = None) -> None:
         if JOINT_SCOPE in model.modalities:
             raise ValueError(f"a modality named {JOINT_SCOPE!r} would clash with the joint scope")
         self.model = model
@@ -237,17 +247,21 @@ class SmoothingCertifier:
         self.records = {name: _ScopeRecords() for name in self.scopes}
         self.labels: list[int] = []
         self.indices: list[int] = []
+        self.chosen = None if settings.samples is None or dataset_size is None else evenly_spaced(dataset_size, settings.samples)
 
     def update(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> None:
-        """Certify the batch's samples (until ``settings.samples`` have been certified on this rank).
+        """Certify the batch's samples that are chosen (see the class docstring).
         ``inputs``: one (B, ...) tensor per modality; ``labels``, ``index``: (B,)."""
-        count = labels.shape[0]
-        if self.settings.samples is not None:
-            count = min(count, self.settings.samples - len(self.indices))
-        for i in range(count):
-            self._certify_sample([x[i : i + 1] for x in inputs], int(index[i]))
-        self.labels.extend(labels[:count].tolist())
-        self.indices.extend(index[:count].tolist())
+        for i in range(labels.shape[0]):
+            if self._wanted(int(index[i])):
+                self._certify_sample([x[i : i + 1] for x in inputs], int(index[i]))
+                self.labels.append(int(labels[i]))
+                self.indices.append(int(index[i]))
+
+    def _wanted(self, index: int) -> bool:
+        if self.chosen is not None:
+            return index in self.chosen
+        return self.settings.samples is None or len(self.indices) < self.settings.samples
 
     def _certify_sample(self, inputs: list[torch.Tensor], index: int) -> None:
         """CERTIFY one sample ((1, ...) per modality) in every scope, scope s drawing from generator (seed, index, s)."""
