@@ -480,7 +480,7 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], ablation: Path | 
             "## Randomized smoothing (sound certificates)",
             "",
             "Certified accuracy of the smoothed classifier (Cohen et al.'s CERTIFY; abstentions count as wrong) "
-            "over the clips each run certified (the first ones in loader order), beside the estimated certified "
+            "over the clips each run certified (spread evenly over the test split), beside the estimated certified "
             "accuracy of the model itself (common protocol, every test clip) at the same radii. See each run's "
             "`report.md` for sigma, n and R_max.",
             "",
