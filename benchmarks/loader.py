@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from data_modules import KineticsSoundsDataModule
 from data_modules.encoding import write_mp4
@@ -69,16 +68,11 @@ def make_dataset(folder: Path, clips: int, seconds: float) -> dict[str, Path]:
     return {"root": media, "list": listing}
 
 
-def loader_throughput(data: KineticsSoundsDataModule, epochs: int, persistent: bool = False) -> dict[str, float]:
+def loader_throughput(data: KineticsSoundsDataModule, epochs: int) -> dict[str, float]:
     """Clips per second of the training loader over ``epochs`` passes (worker start-up included: once
-    with ``persistent`` workers, every pass without)."""
+    with the data module's ``persistent_workers``, every pass without)."""
     data.setup("fit")
     loader = data.train_dataloader()
-    if persistent and loader.num_workers > 0:
-        loader = DataLoader(
-            loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler, num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn, persistent_workers=True,
-        )
     clips = 0
     start = time.perf_counter()
     for _ in range(epochs):
@@ -145,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             cache_dir=str(cache) if cache else None,
             batch_size=args.batch,
             num_workers=args.workers,
+            persistent_workers=args.persistent and cache is not None,
         )
 
     results: dict[str, object] = {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), **vars(args)}
@@ -161,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "failed": len(report.failed),
         "cache_mb_per_clip": folder_megabytes(cache_dir) / max(len(list(cache_dir.rglob("*.npz"))), 1),
     }
-    results["from_cache"] = loader_throughput(cached, args.epochs, args.persistent)
+    results["from_cache"] = loader_throughput(cached, args.epochs)
     if not args.cache_only:
         results["training"] = training_throughput(cached.input_shapes, args.batch, args.steps)
     results = {key: str(value) if isinstance(value, Path) else value for key, value in results.items()}
