@@ -79,7 +79,7 @@ step "4. loader at paper input sizes (fake 10 s clips): decoding, prepare and ca
 fake_clips
 LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --epochs 2 --steps 1 --work-dir "$WORK")
 WIDEST=16 && [ -n "$SMALL" ] && WIDEST=2
-timeout 90 "${LOADER[@]}" --workers $WIDEST --out "$WORK/loader_w$WIDEST.json" 2>&1 | grep -v Warning
+timeout 90 "${LOADER[@]}" --workers $WIDEST --layout-rounds 0 --out "$WORK/loader_w$WIDEST.json" 2>&1 | grep -v Warning
 for workers in 4 1; do
   timeout 45 "${LOADER[@]}" --cache-only --workers "$workers" --out "$WORK/loader_w$workers.json" 2>&1 | grep -v Warning
 done
@@ -101,7 +101,7 @@ fi
 if runs 6; then
 step "6. the cache at steady state: 16 workers, 8 passes, workers started every pass vs persistent"
 fake_clips
-LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --steps 1 --work-dir "$WORK")
+LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --steps 1 --layout-rounds 0 --work-dir "$WORK")
 timeout 60 "${LOADER[@]}" --workers 16 --epochs 1 --cache-only --out "$WORK/prepare.json" > /dev/null 2>&1
 for persistent in "" --persistent; do
   timeout 45 "${LOADER[@]}" --cache-only --workers 16 --epochs 8 $persistent --out "$WORK/steady$persistent.json" 2>&1 | grep -v Warning

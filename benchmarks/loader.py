@@ -7,7 +7,9 @@ downloads look like) are generated once under ``--work-dir``. The training loade
 flipped; 128 x 1024 Kaldi fbank) is timed with ``--workers`` DataLoader workers, first
 decoding on the fly, then from a cache filled by ``prepare_cache`` (whose throughput is timed
 too). The training step is CRMT-JT step 1 (forward, CE + rho * L1, backward, SGD step) at
-``--batch`` on random inputs of the same shapes, with every core.
+``--batch`` on random inputs of the same shapes, with every core. One training sample read from the
+cache in this process is timed against the same clips in the cache's first layout (every frame in
+one member; now a sample reads only the 3 frames it uses).
 
 Prints a table and writes ``runs/bench/loader.json``: ``python -m benchmarks.loader``.
 """
@@ -26,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.run import interleaved_median_seconds
 from data_modules import KineticsSoundsDataModule
+from data_modules.cache import CachedSteps, ClipCache
+from data_modules.clips import ClipDataset
 from data_modules.encoding import write_mp4
 
 WIDTH, HEIGHT = 320, 240
@@ -82,6 +87,30 @@ def loader_throughput(data: KineticsSoundsDataModule, epochs: int) -> dict[str, 
     return {"clips": clips, "seconds": seconds, "clips_per_s": clips / max(seconds, 1e-9)}
 
 
+def layout_comparison(data: KineticsSoundsDataModule, folder: Path, rounds: int) -> dict[str, float]:
+    """Milliseconds per training sample (``ClipDataset.__getitem__`` in this process) reading the cache
+    as written (frames one member per step: a sample reads the 3 it uses) and a copy of it written
+    in the first layout (all frames in one member, read and CRC-checked whole); interleaved rounds,
+    medians."""
+    data.setup("fit")
+    stepwise = data.datasets["train"]
+    whole_cache = ClipCache(folder, data.cache.fields)
+    for record in stepwise.records:
+        with data.cache.open(record.key) as arrays:
+            whole_cache.write(record.key, {name: array[range(len(array))] if isinstance(array, CachedSteps) else array
+                                           for name, array in arrays.items()})
+    whole = ClipDataset(stepwise.records, data.settings, train=True, cache=whole_cache, seed=data.seed)
+    clips = len(stepwise)
+
+    def read_all(dataset: ClipDataset) -> None:
+        for index in range(clips):
+            dataset[(1, index)]
+
+    seconds = interleaved_median_seconds({"stepwise": lambda: read_all(stepwise), "whole": lambda: read_all(whole)}, rounds)
+    per_sample = {f"{name}_ms_per_clip": 1000 * value / clips for name, value in seconds.items()}
+    return {**per_sample, "speedup": seconds["whole"] / max(seconds["stepwise"], 1e-12)}
+
+
 def training_throughput(input_shapes: dict[str, list[int]], batch: int, steps: int) -> dict[str, float]:
     """Clips per second of CRMT-JT step-1 updates (ResNet18, width 64, 31 classes), median of ``steps``."""
     from crmt.strategies import CRMTJointTraining
@@ -124,6 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "--cache-only", action="store_true",
         help="time only the cached loader: keep (and complete) the cache of an earlier run; no on-the-fly pass, no training step",
     )
+    parser.add_argument(
+        "--layout-rounds", type=int, default=5,
+        help="interleaved rounds timing a sample read from the cache against the first cache layout (0: skip)",
+    )
     args = parser.parse_args(argv)
 
     dataset = make_dataset(args.work_dir, args.clips, args.seconds)
@@ -157,6 +190,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "cache_mb_per_clip": folder_megabytes(cache_dir) / max(len(list(cache_dir.rglob("*.npz"))), 1),
     }
     results["from_cache"] = loader_throughput(cached, args.epochs)
+    if args.layout_rounds:
+        results["cache_layout"] = layout_comparison(cached, args.work_dir / "cache-whole-frames", args.layout_rounds)
     if not args.cache_only:
         results["training"] = training_throughput(cached.input_shapes, args.batch, args.steps)
     results = {key: str(value) if isinstance(value, Path) else value for key, value in results.items()}
@@ -173,6 +208,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if rate is not None:
             times = f"{rate / train_rate:11.2f}" if train_rate else ""
             print(f"{name:40s} {rate:9.2f} {times}")
+    if "cache_layout" in results:
+        layout = results["cache_layout"]
+        print(
+            f"one sample in this process: {layout['stepwise_ms_per_clip']:.2f} ms reading the frames it uses, "
+            f"{layout['whole_ms_per_clip']:.2f} ms reading every frame (first cache layout): {layout['speedup']:.2f}x"
+        )
     megabytes = results["prepare"]["cache_mb_per_clip"]
     print(f"cache: {megabytes:.2f} MB per clip; {args.workers} workers, {os.cpu_count()} cores")
     args.out.parent.mkdir(parents=True, exist_ok=True)

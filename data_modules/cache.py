@@ -23,6 +23,10 @@ Why per-clip files and not Lightning's ``litdata`` chunks:
   runs it on every cached file and re-decodes the corrupted ones), and reading an array checks
   its CRC too. Files get the permissions the umask allows (group-readable by default), so a
   cache can be shared.
+- A sample reads only what it uses. Arrays named in ``stepwise`` (the frames: a clip keeps
+  ten, a sample uses three) are stored one member per time step (``frames/00000``, ...), which
+  :meth:`ClipCache.open` reads, CRC included, only when indexed (:class:`CachedSteps`). Files of
+  the first layout (one ``frames`` member) still read, whole.
 - A clip of the paper's inputs is about 2 MB (1024 x 128 float32 filterbank + ten 224 x 224
   RGB frames), far above the size where per-file overhead matters, and ``--compress`` (zlib)
   trades some CPU for roughly half the disk. Object storage (S3) is where litdata's chunks
@@ -36,11 +40,13 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
 import numpy as np
+import torch
 
 from data_modules.decoding import ClipDecodeError
 
@@ -49,6 +55,43 @@ CACHE_VERSION: Final = 1
 SETTINGS_NAME: Final = "settings.json"
 FAILURES_NAME: Final = "failures.json"
 _TEMPORARY_SUFFIX: Final = ".partial"
+STEP_SEPARATOR: Final = "/"
+"""Member ``<name>/<step>`` of a cache file holds step ``step`` (zero-padded) of the stepwise array ``name``."""
+
+
+class CacheReadError(ClipDecodeError):
+    """A cache file (or one of its members) cannot be read; the message names the file."""
+
+
+class CachedSteps:
+    """The steps of one stepwise array of an open cache file, read on indexing: ``len(steps)`` is
+    the array's leading size, ``steps[indices]`` the (len(indices), ...) array of those steps
+    (each member read once, its CRC-32 checked), as ``array[indices]`` of the whole array would be."""
+
+    def __init__(self, archive: np.lib.npyio.NpzFile, name: str, count: int, path: Path) -> None:
+        self._archive, self._name, self._count, self._path = archive, name, count, path
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, indices: Sequence[int]) -> np.ndarray:
+        if not indices:
+            raise IndexError(f"no steps asked of {self._name!r} in cache file {self._path}")
+        bad = [index for index in indices if not 0 <= index < self._count]
+        if bad:
+            raise IndexError(f"steps {bad} of {self._name!r} are outside 0..{self._count - 1} ({self._path})")
+        read = {index: _read_member(self._archive, f"{self._name}{STEP_SEPARATOR}{index:05d}", self._path)
+                for index in dict.fromkeys(indices)}
+        return np.stack([read[index] for index in indices])
+
+
+ClipArray = np.ndarray | CachedSteps
+"""One extracted array of a clip: whole (decoded now, or cached whole) or its cached steps."""
+
+
+def take_steps(array: ClipArray, indices: Sequence[int]) -> torch.Tensor:
+    """Steps ``indices`` of ``array``'s leading axis as a tensor: only those are read from a cache file."""
+    return torch.from_numpy(np.ascontiguousarray(array[list(indices)]))
 
 
 class ClipCache:
@@ -111,24 +154,49 @@ class ClipCache:
             return f"CRC-32 check failed for {damaged}"
         return None if names else "holds no arrays"
 
-    def read(self, key: str) -> dict[str, np.ndarray]:
-        """The cached arrays of clip ``key``; an unreadable file is a :class:`ClipDecodeError` naming it."""
+    @contextmanager
+    def open(self, key: str) -> Iterator[dict[str, np.ndarray | CachedSteps]]:
+        """The cached arrays of clip ``key`` while the block runs: whole arrays, and a
+        :class:`CachedSteps` per stepwise array, whose steps are read when indexed. A missing file
+        raises ``FileNotFoundError``; any other failure to read, here or in the block's reads, a
+        :class:`CacheReadError` naming the file."""
         path = self.clip_file(key)
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                return {name: archive[name] for name in archive.files}
+            archive = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ClipDecodeError.for_clip(
-                path, f"unreadable cache file ({error}); `make prepare` decodes it again"
-            ) from error
+            raise _unreadable(path, error) from error
+        with archive:
+            steps: dict[str, int] = {}
+            arrays: dict[str, np.ndarray | CachedSteps] = {}
+            for member in archive.files:
+                name, separator, _ = member.rpartition(STEP_SEPARATOR)
+                if separator:
+                    steps[name] = steps.get(name, 0) + 1
+                else:
+                    arrays[member] = _read_member(archive, member, path)
+            arrays.update({name: CachedSteps(archive, name, count, path) for name, count in steps.items()})
+            yield arrays
 
-    def write(self, key: str, arrays: Mapping[str, np.ndarray], *, compress: bool = False) -> None:
-        """Store ``arrays`` for clip ``key``: written under a temporary name, then renamed into place."""
+    def write(
+        self, key: str, arrays: Mapping[str, np.ndarray], *, stepwise: Collection[str] = (), compress: bool = False
+    ) -> None:
+        """Store ``arrays`` for clip ``key`` (those named in ``stepwise`` one member per step of their
+        leading axis): written under a temporary name, then renamed into place."""
+        members: dict[str, np.ndarray] = {}
+        for name, array in arrays.items():
+            if STEP_SEPARATOR in name:
+                raise ValueError(f"array name {name!r} of clip {key!r} contains {STEP_SEPARATOR!r}")
+            if name in stepwise and len(array) > 0:
+                members.update({f"{name}{STEP_SEPARATOR}{step:05d}": array[step] for step in range(len(array))})
+            else:
+                members[name] = array
         path = self.clip_file(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         save = np.savez_compressed if compress else np.savez
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=_TEMPORARY_SUFFIX, delete=False) as handle:
-            save(handle, **arrays)
+            save(handle, **members)
         _publish(handle.name, path)
 
     def remove(self, key: str) -> None:
@@ -149,6 +217,18 @@ class ClipCache:
 
     def write_failures(self, failures: Mapping[str, str]) -> None:
         _write_atomically(self.folder / FAILURES_NAME, json.dumps(dict(sorted(failures.items())), indent=1).encode())
+
+
+def _unreadable(path: Path, error: BaseException) -> CacheReadError:
+    return CacheReadError.for_clip(path, f"unreadable cache file ({error}); `make prepare` decodes it again")
+
+
+def _read_member(archive: np.lib.npyio.NpzFile, member: str, path: Path) -> np.ndarray:
+    """One array of an open cache file (its CRC-32 checked by the zip reader); failures name the file."""
+    try:
+        return archive[member]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from error
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

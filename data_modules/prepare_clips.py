@@ -153,7 +153,7 @@ def _prepare_one(record: ClipRecord) -> Outcome:
         if error.reason is None:
             return record.key, str(error)
         return record.key, error.reason if error.path == str(record.path) else f"{error.path}: {error.reason}"
-    cache.write(record.key, arrays, compress=bool(_WORKER["compress"]))
+    cache.write(record.key, arrays, stepwise=settings.stepwise_arrays, compress=bool(_WORKER["compress"]))
     return record.key, None
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from data_modules.augment import CROP_SUFFIX, draw_crops
+from data_modules.cache import ClipArray, take_steps
 from data_modules.decoding import decode_sampled, probe_media, sample_frame_indices
 from data_modules.features import channels_first
 from data_modules.flow import FLOW_BOUND, FLOW_MEAN, FLOW_STD, flow_images
@@ -73,6 +75,10 @@ class RgbFlowSettings:
             "flow_bound": float(self.flow_bound),
         }
 
+    @property
+    def stepwise_arrays(self) -> tuple[str, ...]:
+        return ("frames", "flow")
+
     def probe(self, record: ClipRecord) -> str | None:
         """Why ``record`` is unusable (missing file, no video stream, ...), or ``None``."""
         return record.problem if record.problem is not None else probe_media(record.path, ("video",))
@@ -83,14 +89,13 @@ class RgbFlowSettings:
         return {"frames": video.frames, "flow": flow_images(video.pairs, self.frame_size, self.flow_bound)}
 
     def transform(
-        self, arrays: dict[str, np.ndarray], *, train: bool, generator: torch.Generator | None = None
+        self, arrays: Mapping[str, ClipArray], *, train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """``rgb`` (3, T, S, S) and ``flow`` (2, T, S, S) uint8 from :meth:`extract`'s arrays, normalised on the
         device by the data module (:meth:`MediaDataModule.normalize`); training draws the frames and, with
         ``augment``, each frame's crop and flip (``rgb_crop``, ``flow_crop``) from ``generator``."""
-        frames, flow = torch.from_numpy(arrays["frames"]), torch.from_numpy(arrays["flow"])
-        steps = sample_frame_indices(len(frames), self.num_frames, train=train, generator=generator)
-        rgb, motion = frames[steps], flow[steps]
+        steps = sample_frame_indices(len(arrays["frames"]), self.num_frames, train=train, generator=generator)
+        rgb, motion = take_steps(arrays["frames"], steps), take_steps(arrays["flow"], steps)
         inputs = {"rgb": channels_first(rgb), "flow": channels_first(motion)}
         if train and self.augment:
             size = rgb.shape[1:3]

@@ -8,6 +8,9 @@ import json
 import math
 import os
 import stat
+import struct
+import warnings
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -509,6 +512,65 @@ def test_corrupted_cache_files_are_not_counted_as_cached_and_prepare_decodes_the
     assert sorted(report.corrupted) == sorted(keys) and report.written == 3 and report.failed == {}
     assert "3 of them to replace corrupted cache files" in report.summary()
     assert [path.read_bytes() for path in files] == good, "decoded again byte for byte"
+
+
+def flip_bit_in_member(path: Path, member: str) -> None:
+    """Flip one bit in the middle of the stored bytes of zip member ``member`` of ``path``."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local file header
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + info.compress_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_cached_sample_reads_only_the_frames_it_uses(ks_fake, tmp_path):
+    """Frames are stored one member per step; a sample reads (and CRC-checks) only the steps it takes."""
+    data = ks_module(ks_fake, cache_dir=str(tmp_path / "cache"), fps=4.0, augment=True)
+    data.prepare_cache(workers=0, progress=False)
+    data.setup("fit")
+    train, val = data.datasets["train"], data.datasets["val"]
+    path = data.cache.clip_file(val.records[0].key)
+    with zipfile.ZipFile(path) as archive:
+        members = archive.namelist()
+    assert sorted(members) == ["fbank.npy", *(f"frames/{step:05d}.npy" for step in range(6))]  # 1.5 s at 4 fps
+    expected = val[0]  # evaluation takes the centres of 3 segments of 6 steps: steps 1, 3 and 5
+
+    flip_bit_in_member(path, "frames/00002.npy")
+    assert data.cache.verify(val.records[0].key) == "CRC-32 check failed for frames/00002.npy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the damaged step is never read
+        assert all(torch.equal(value, expected[name]) for name, value in val[0].items())
+
+    flip_bit_in_member(path, "frames/00003.npy")
+    with pytest.warns(UserWarning, match=r"Bad CRC-32 for file 'frames/00003\.npy'"):
+        reread = val[0]
+    assert all(torch.equal(value, expected[name]) for name, value in reread.items()), "decoded from the media"
+
+    key = (2, 1)  # a training sample (epoch 2): its frame and crop draws survive the fallback to decoding
+    expected_train = train[key]
+    assert "visual_crop" in expected_train
+    for member in [f"frames/{step:05d}.npy" for step in range(6)]:
+        flip_bit_in_member(data.cache.clip_file(train.records[1].key), member)
+    with pytest.warns(UserWarning, match="Bad CRC-32"):
+        reread = train[key]
+    assert all(torch.equal(value, expected_train[name]) for name, value in reread.items())
+
+
+def test_cache_files_of_the_first_layout_still_read(ks_fake, tmp_path):
+    """A file holding the frames as one array (as caches were first written) gives the same samples."""
+    data = ks_module(ks_fake, cache_dir=str(tmp_path / "cache"), fps=4.0)
+    data.prepare_cache(workers=0, progress=False)
+    data.setup("test")
+    dataset = data.datasets["test"]
+    expected = [dataset[i] for i in range(len(dataset))]
+    for record in dataset.records:
+        data.cache.write(record.key, data.settings.extract(record))  # no stepwise arrays: one "frames" member
+        with zipfile.ZipFile(data.cache.clip_file(record.key)) as archive:
+            assert archive.namelist() == ["frames.npy", "fbank.npy"]
+    for i, sample in enumerate(expected):
+        assert all(torch.equal(value, sample[name]) for name, value in dataset[i].items())
 
 
 def test_prepare_command_reads_the_data_config_and_training_then_reads_the_cache(ks_fake, tmp_path, capsys, monkeypatch):
