@@ -319,6 +319,82 @@ def test_smoothing_summary_reads_both_curves_at_multiples_of_sigma(tmp_path):
     assert "| crmt_jt | joint | 60/60 | 0.125 ± 0.177 | 0.625 ± 0.177 |" in markdown.read_text(encoding="utf-8")
 
 
+def _with_smoothing(folder: Path, name: str, seed: int, certified_share: float, clips: list[int], sigma: float = 1.0) -> dict:
+    """Add smoothing certificates to the run in ``folder``: per scope, the listed test ``clips`` with a
+    smoothed prediction (right, wrong or abstained) and a radius each, drawn so that about
+    ``certified_share`` of them are right with radius >= sigma; returns the per-sample rows written."""
+    rng = np.random.default_rng([seed, len(name), 7])
+    per_sample = json.loads((folder / "per_sample.json").read_text(encoding="utf-8"))
+    labels = dict(zip(per_sample["index"], per_sample["label"], strict=True))
+    rows = {}
+    for scope in Scope.every(MODALITIES):
+        good = rng.random(len(clips)) < certified_share
+        wrong = rng.random(len(clips)) < 0.5  # the others: a wrong class, or right but inside sigma
+        prediction = [labels[i] if g or not w else (labels[i] + 1) % 6 for i, g, w in zip(clips, good, wrong, strict=True)]
+        prediction = [-1 if not g and w and k % 5 == 0 else q for k, (q, g, w) in enumerate(zip(prediction, good, wrong, strict=True))]
+        radius = np.where(good, rng.uniform(sigma, 3 * sigma, len(clips)), rng.uniform(0, 0.99 * sigma, len(clips)))
+        order = rng.permutation(len(clips))
+        rows[scope.key] = {"index": [clips[k] for k in order], "prediction": [prediction[k] for k in order],
+                           "radius": radius[order].tolist()}
+    per_sample["smoothed"] = rows
+    (folder / "per_sample.json").write_text(json.dumps(per_sample), encoding="utf-8")
+    document = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metrics = RobustnessMetrics.from_json(document)
+    curve = SurvivalCurve([0.0, sigma], [certified_share, certified_share])
+    smoothed = {scope: SmoothedCertificate(sigma, 8, 64, 0.001, len(clips), 0.1, SETTINGS.budget(scope), curve)
+                for scope in Scope.every(MODALITIES)}
+    smoothing = SmoothingSettings(sigma=sigma, n0=8, n=64, samples=len(clips))
+    metrics = replace(metrics, settings=replace(metrics.settings, smoothing=smoothing), smoothed=smoothed)
+    (folder / "metrics.json").write_text(json.dumps({"name": name, **metrics.to_json()}), encoding="utf-8")
+    return rows
+
+
+def test_smoothing_orderings_are_judged_on_the_certified_clips(tmp_path):
+    """CRMT-JT + noise right with radius >= sigma on ~85% of the certified clips, JT + noise on ~30%,
+    JT and CRMT-JT on ~30%: the orderings' observed differences are the per-clip means computed here
+    from the written rows, and the large effects hold while equal ones are within noise."""
+    shares = {"jt": 0.3, "crmt_jt": 0.3, "jt_noise": 0.3, "crmt_jt_noise": 0.85}
+    clips = list(range(100, 160, 2))  # 30 of the 60 test clips, as CERTIFY's evenly spaced subset
+    runs, outcome = {}, {}
+    for name, share in shares.items():
+        runs[name], outcome[name] = [], {}
+        for seed in (0, 1, 2):
+            folder = tmp_path / name / f"seed{seed}"
+            _write_run(folder, name, seed)
+            rows = _with_smoothing(folder, name, seed, share, clips)
+            labels = {i: i % 6 for i in clips}
+            for key, row in rows.items():
+                right = [(q == labels[i]) and r >= 1.0 for i, q, r in zip(row["index"], row["prediction"], row["radius"], strict=True)]
+                outcome[name].setdefault(key, []).append(np.mean(right))
+            runs[name].append(load_run(name, seed, folder))
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=500)
+    claims = {claim["claim"]: claim for claim in json.loads(results_path.read_text(encoding="utf-8"))["smoothing_claims"]}
+    assert len(claims) == 4 * 3  # 4 pairs x (joint, visual only, audio only)
+    for (a, b), expected in [(("CRMT-JT + noise", "JT + noise"), "holds"), (("CRMT-JT + noise", "CRMT-JT"), "holds")]:
+        claim = claims[f"{a} above {b}, smoothed certified accuracy, joint"]
+        comparison = claim["comparisons"][0]
+        name_a, name_b = comparison["a"], comparison["b"]
+        assert comparison["value_a"] == pytest.approx(np.mean(outcome[name_a]["multimodal"]))
+        assert comparison["bootstrap"]["observed"] == pytest.approx(
+            np.mean(outcome[name_a]["multimodal"]) - np.mean(outcome[name_b]["multimodal"])
+        )
+        assert claim["verdict"] == expected
+    assert claims["CRMT-JT above JT, smoothed certified accuracy, audio only"]["verdict"] == "within noise"
+    text = markdown.read_text(encoding="utf-8")
+    assert "- CRMT-JT + noise above JT + noise, smoothed certified accuracy, joint: holds: difference +" in text
+
+
+def test_smoothing_orderings_refuse_different_certified_clips(tmp_path):
+    runs = {}
+    for name, clips in (("jt", list(range(100, 160, 2))), ("crmt_jt", list(range(101, 160, 2)))):
+        folder = tmp_path / name / "seed0"
+        _write_run(folder, name, 0)
+        _with_smoothing(folder, name, 0, 0.5, clips)
+        runs[name] = [load_run(name, 0, folder)]
+    with pytest.raises(ValueError, match=r"smoothing certified different clips in .*jt/seed0/per_sample.json"):
+        write_comparison(runs, tmp_path / "out", replicates=50)
+
+
 def test_comparison_takes_its_columns_and_orderings_from_the_runs_threats(tmp_path):
     """Three modalities of other names: every column, radius and ordering follows the runs' own
     threats and modalities (and the two-modality gap ordering does not apply)."""

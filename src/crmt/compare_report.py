@@ -35,8 +35,15 @@ from crmt.statistics import (
 
 ABLATION = ("jt", "ojt", "crmt_step1", "crmt_step2", "crmt_jt")
 """The models of the paper's ablation figure (Figure 5)."""
-LABELS = {"jt": "JT", "crmt_jt": "CRMT-JT", "crmt_at": "CRMT-AT"}
-"""How the paper's orderings name the models they are about."""
+LABELS = {
+    "jt": "JT", "crmt_jt": "CRMT-JT", "crmt_at": "CRMT-AT", "jt_noise": "JT + noise", "crmt_jt_noise": "CRMT-JT + noise",
+}
+"""How the orderings name the models they are about."""
+SMOOTHING_ORDERINGS = (("crmt_jt", "jt"), ("crmt_jt_noise", "jt_noise"), ("jt_noise", "jt"), ("crmt_jt_noise", "crmt_jt"))
+"""Pairs (a, b) judged on smoothed certified accuracy, a above b, where both ran with smoothing: CRMT
+against JT without and with noise training, and noise training against none."""
+SMOOTHING_JUDGED_AT = 1.0
+"""The radius, as a multiple of the smoothing sigma, at which the smoothing orderings are judged."""
 TEST_DESCRIPTION = (
     "Each ordering is judged by a paired two-level bootstrap of the difference between the two methods "
     "(A - B): every replicate resamples the seeds and the test clips with replacement, with the same draws "
@@ -201,6 +208,69 @@ def smoothing_summary(runs: Mapping[str, Sequence[SeedRun]]) -> dict[str, dict]:
                 "estimated": [summarize([curve.at(r) if curve else None for curve in estimated]) for r in radii],
             }
     return summary
+
+
+def smoothed_outcomes(runs: Mapping[str, Sequence[SeedRun]]) -> tuple[float, PairedOutcomes] | None:
+    """The radius r = ``SMOOTHING_JUDGED_AT`` x sigma and, per method whose every run holds per-sample
+    smoothing certificates and per scope key, the (S, C) 0/1 outcomes "smoothed prediction correct
+    with certified radius >= r" over the certified clips in dataset-index order (C: the clips each run
+    certified). None when fewer than two methods have them. Raises ``ValueError`` (naming the files)
+    when the runs used different sigmas, or two methods certified different clips for one seed."""
+    smoothed = {name: seed_runs for name, seed_runs in runs.items()
+                if all(run.metrics.smoothed and "smoothed" in run.per_sample for run in seed_runs)}
+    if len(smoothed) < 2:
+        return None
+    sigmas = {(name, run.seed): next(iter(run.metrics.smoothed.values())).sigma
+              for name, seed_runs in smoothed.items() for run in seed_runs}
+    if len(set(sigmas.values())) != 1:
+        raise ValueError(f"smoothing sigma differs between runs {sigmas}; the orderings compare one radius")
+    radius = SMOOTHING_JUDGED_AT * next(iter(sigmas.values()))
+    rows: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in smoothed}
+    reference: dict[tuple[int, str], tuple[Path, np.ndarray]] = {}
+    for name, seed_runs in smoothed.items():
+        for run in seed_runs:
+            path = run.folder / "per_sample.json"
+            labels = dict(zip(run.per_sample["index"], run.per_sample["label"], strict=True))
+            for key, rows_of_scope in run.per_sample["smoothed"].items():
+                index = np.asarray(rows_of_scope["index"], dtype=np.int64)
+                order = np.argsort(index, kind="stable")
+                first = reference.setdefault((run.seed, key), (path, index[order]))
+                if not np.array_equal(first[1], index[order]):
+                    raise ValueError(
+                        f"smoothing certified different clips in {first[0]} and {path} ({key}, seed {run.seed}); "
+                        "refusing to pair"
+                    )
+                label = np.asarray([labels[i] for i in index[order].tolist()])
+                prediction = np.asarray(rows_of_scope["prediction"])[order]
+                certified = np.asarray(rows_of_scope["radius"], dtype=float)[order] >= radius
+                rows[name].setdefault(key, []).append(((prediction == label) & certified).astype(float))
+    seeds = [run.seed for run in next(iter(smoothed.values()))]
+    for name, seed_runs in smoothed.items():
+        if [run.seed for run in seed_runs] != seeds:
+            raise ValueError(f"{name} was run for seeds {[run.seed for run in seed_runs]}, not {seeds}")
+    correct = {name: {key: np.stack(values) for key, values in keys.items()} for name, keys in rows.items()}
+    some_key = next(iter(next(iter(correct.values()))))
+    index = np.stack([reference[(seed, some_key)][1] for seed in seeds])
+    return radius, PairedOutcomes(seeds, index, correct)
+
+
+def smoothing_claims(runs: Mapping[str, Sequence[SeedRun]], replicates: int = 10_000, seed: int = 0) -> list[Claim]:
+    """``SMOOTHING_ORDERINGS`` among the methods present, per smoothing scope, judged by the paired
+    bootstrap (seeds and certified clips) on :func:`smoothed_outcomes`."""
+    paired = smoothed_outcomes(runs)
+    if paired is None:
+        return []
+    radius, outcomes = paired
+    claims = []
+    for a, b in SMOOTHING_ORDERINGS:
+        if a not in outcomes.correct or b not in outcomes.correct:
+            continue
+        for key in outcomes.correct[a]:
+            scope = "joint" if key == MULTIMODAL_KEY else f"{key} only"
+            comparison = judge(outcomes, a, b, [key], mean_accuracy,
+                               f"smoothed certified accuracy at r = {radius:g} ({scope})", replicates=replicates, seed=seed)
+            claims.append(Claim(f"{_label(a)} above {_label(b)}, smoothed certified accuracy, {scope}", (comparison,)))
+    return claims
 
 
 def smoothing_table(summary: Mapping[str, Mapping[str, Mapping]]) -> str:
@@ -418,12 +488,14 @@ def wall_time_lines(runs: Mapping[str, Sequence[SeedRun]], elapsed: float | None
 
 def comparison_results(
     runs: Mapping[str, Sequence[SeedRun]], data: str | None = None, replicates: int = 10_000, seed: int = 0
-) -> tuple[dict, list[Claim]]:
+) -> tuple[dict, list[Claim], list[Claim]]:
     """Every number of the comparison (the content of ``compare.json``: seeds, clip count, accuracy
-    and radii summaries (mean, std, per seed), the judged claims, the wall times) and the claims."""
+    and radii summaries (mean, std, per seed), the judged claims, the wall times), the paper's
+    orderings and the orderings under smoothing."""
     first = first_metrics(runs)
     outcomes = pair_outcomes(runs)
     claims = paper_claims(outcomes, first.threats, replicates, seed)
+    smoothing = smoothing_claims(runs, replicates, seed)
     return {
         "experiments": list(runs),
         "data": data,
@@ -437,13 +509,14 @@ def comparison_results(
         "certified_model": certificate_summary(runs, lambda metrics: metrics.certified_model),
         "smoothed": smoothing_summary(runs),
         "claims": [claim.as_dict() for claim in claims],
+        "smoothing_claims": [claim.as_dict() for claim in smoothing],
         "wall_seconds": {name: {str(run.seed): run.wall_seconds for run in seed_runs} for name, seed_runs in runs.items()},
         "total_wall_seconds": sum(run.wall_seconds or 0.0 for seed_runs in runs.values() for run in seed_runs),
-    }, claims
+    }, claims, smoothing
 
 
-def render_markdown(results: Mapping, claims: Sequence[Claim], ablation: Path | None, elapsed: float | None,
-                    runs: Mapping[str, Sequence[SeedRun]]) -> str:
+def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequence[Claim], ablation: Path | None,
+                    elapsed: float | None, runs: Mapping[str, Sequence[SeedRun]]) -> str:
     """``compare.md`` from :func:`comparison_results`; the tables' columns are the first run's threats and modalities."""
     first = first_metrics(runs)
     modalities = first.modalities
@@ -486,6 +559,14 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], ablation: Path | 
             "",
             smoothing_table(results["smoothed"]),
         ]
+        if smoothing:
+            parts += [
+                "",
+                "Orderings under smoothing, each judged by the paired bootstrap below, over seeds and the certified "
+                "clips (the same clips for every method):",
+                "",
+                *(line for claim in smoothing for line in claim_lines(claim)),
+            ]
     bootstrap = results["bootstrap"]
     parts += [
         "",
@@ -514,7 +595,7 @@ def write_comparison(
     into ``out``; return the paths of the first two."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results, claims = comparison_results(runs, data, replicates, seed)
+    results, claims, smoothing = comparison_results(runs, data, replicates, seed)
     radii, curves = averaged_curves(runs)
     ablation = None
     if curves:
@@ -525,5 +606,5 @@ def write_comparison(
     json_path = out / "compare.json"
     json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     markdown_path = out / "compare.md"
-    markdown_path.write_text(render_markdown(results, claims, ablation, elapsed, runs), encoding="utf-8")
+    markdown_path.write_text(render_markdown(results, claims, smoothing, ablation, elapsed, runs), encoding="utf-8")
     return markdown_path, json_path
