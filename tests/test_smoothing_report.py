@@ -8,9 +8,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from lightning.pytorch import LightningDataModule
 from scipy.stats import norm
 
-from crmt.callbacks.robustness import scalar_metrics
+from crmt.callbacks.robustness import RobustnessReport, scalar_metrics
+from crmt.cli import CRMTCLI, MultiModalModule, default_config_files
+from crmt.experiments import config_files
 from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessResults
 from crmt.robustness.report import SMOOTHED_COLUMN, render_markdown, write_report
 from crmt.robustness.results import RadiusSummary, RobustnessMetrics, SmoothedCertificate, SurvivalCurve
@@ -39,6 +42,21 @@ def test_defaults_have_neither_the_sound_bound_nor_smoothing_and_settings_read_b
     older = RobustnessSettings(curve_radii=(1.0,)).to_json()
     del older["smoothing"]  # a metrics.json written before smoothing existed
     assert RobustnessSettings.from_json(older) == RobustnessSettings(curve_radii=(1.0,))
+
+
+def test_samples_zero_turns_smoothing_off_also_on_the_command_line(tmp_path, monkeypatch):
+    """``smoothing.samples=0`` is the command line's off switch (jsonargparse refuses ``...smoothing=null``
+    for an argument nested in the callback list): the report's settings then hold no smoothing."""
+    assert RobustnessSettings(smoothing=replace(SMOOTHING, samples=0)).smoothing is None
+    assert RobustnessSettings(smoothing=SMOOTHING).smoothing == SMOOTHING
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [argument for path in config_files("crmt_jt") for argument in ("--config", str(path))]
+    args.append("--trainer.callbacks.init_args.settings.smoothing.samples=0")
+    cli = CRMTCLI(MultiModalModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                  parser_kwargs={"default_config_files": default_config_files(args)}, args=args)
+    report = next(callback for callback in cli.trainer.callbacks if isinstance(callback, RobustnessReport))
+    assert report.settings.smoothing is None and report.settings.multimodal_eps == 4.0  # the rest as configured
 
 
 # --- The exact certified-accuracy curves ---------------------------------------------------------

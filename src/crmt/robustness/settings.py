@@ -32,7 +32,8 @@ class RobustnessSettings:
         radius_grid: radii at which certified accuracy is also sampled (the exact curve is reported too).
         smoothing: randomized smoothing (sound certificates, joint and per modality) of the first
             ``smoothing.samples`` test samples (all ranks together, spread evenly over the test
-            split); ``None``: no smoothing.
+            split); ``None``, or ``samples: 0`` (how a command line turns it off: jsonargparse cannot set
+            a nested callback argument to null), no smoothing: ``smoothing`` is then ``None``.
         seed: seeds random starts.
     """
 
@@ -66,6 +67,8 @@ class RobustnessSettings:
             raise ValueError(f"curve_radii must be positive and increasing, got {self.curve_radii}")
         if self.audit_samples < 0:
             raise ValueError(f"audit_samples must be >= 0, got {self.audit_samples}")
+        if self.smoothing is not None and self.smoothing.samples == 0:
+            object.__setattr__(self, "smoothing", None)
 
     def pgd(self, eps: float, modalities: Sequence[int] | None = None, steps: int | None = None) -> L2PGD:
         return L2PGD(eps, steps or self.steps, self.step_fraction, self.random_start, modalities)
