@@ -23,24 +23,8 @@ python3 -c "import os, torch, lightning; print('torch', torch.__version__, '| li
 
 CLIPS=256 && [ -n "$SMALL" ] && CLIPS=16
 WORK=/tmp/loader_bench
-fake_clips() {  # CLIPS fake 10 s clips and their list under WORK, made in parallel (once)
-  [ -f "$WORK/ks_train.txt" ] && return
-  timeout 60 python3 - "$CLIPS" <<'PY'
-import sys
-from multiprocessing import Pool
-from pathlib import Path
-from benchmarks.loader import fake_clip
-from data_modules.encoding import write_mp4
-media = Path("/tmp/loader_bench/media"); media.mkdir(parents=True, exist_ok=True)
-def make(index):
-    name = f"bench{index:06d}_000000_000010"
-    video, audio = fake_clip(index, 10.0, fps=25, rate=44100)
-    write_mp4(media / f"{name}.mp4", video=video, audio=audio, fps=25, audio_rate=44100)
-    return f"{name} {index % 31}"
-with Pool(16) as pool:
-    lines = pool.map(make, range(int(sys.argv[1])))
-Path("/tmp/loader_bench/ks_train.txt").write_text("\n".join(lines) + "\n")
-PY
+collect() {  # the JSON files WORK/<glob> as one JSON object keyed by file stem, into OUT/<name>
+  python3 -c "import json, pathlib, sys; print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob(sys.argv[2]))}, indent=1))" "$WORK" "$1" > "$OUT/$2"
 }
 
 if runs 1; then
@@ -75,15 +59,14 @@ timeout 90 python3 -m benchmarks.smoothing "${SMOOTH_ARGS[@]}" --out "$OUT/smoot
 fi
 
 if runs 4; then
-step "4. loader at paper input sizes (fake 10 s clips): decoding, prepare and cache at 16 workers, then the cache at 4 and 1"
-fake_clips
+step "4. loader at paper input sizes (fake 10 s clips, written by as many processes as workers): decoding, prepare and cache at 16 workers, then the cache at 4 and 1"
 LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --epochs 2 --steps 1 --work-dir "$WORK")
 WIDEST=16 && [ -n "$SMALL" ] && WIDEST=2
-timeout 90 "${LOADER[@]}" --workers $WIDEST --layout-rounds 0 --out "$WORK/loader_w$WIDEST.json" 2>&1 | grep -v Warning
+timeout 120 "${LOADER[@]}" --workers $WIDEST --layout-rounds 0 --out "$WORK/loader_w$WIDEST.json" 2>&1 | grep -v Warning
 for workers in 4 1; do
   timeout 45 "${LOADER[@]}" --cache-only --workers "$workers" --out "$WORK/loader_w$workers.json" 2>&1 | grep -v Warning
 done
-python3 -c "import json, pathlib, sys; print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob('loader_w*.json'))}, indent=1))" "$WORK" > "$OUT/loader.json"
+collect 'loader_w*.json' loader.json
 fi
 
 if runs 5; then
@@ -100,12 +83,11 @@ fi
 
 if runs 6; then
 step "6. the cache at steady state: 16 workers, 8 passes, workers started every pass vs persistent"
-fake_clips
 LOADER=(python3 -m benchmarks.loader --clips "$CLIPS" --batch 16 --steps 1 --layout-rounds 0 --work-dir "$WORK")
-timeout 60 "${LOADER[@]}" --workers 16 --epochs 1 --cache-only --out "$WORK/prepare.json" > /dev/null 2>&1
+timeout 90 "${LOADER[@]}" --workers 16 --epochs 1 --cache-only --out "$WORK/prepare.json" > /dev/null 2>&1
 for persistent in "" --persistent; do
   timeout 45 "${LOADER[@]}" --cache-only --workers 16 --epochs 8 $persistent --out "$WORK/steady$persistent.json" 2>&1 | grep -v Warning
 done
-python3 -c "import json, pathlib, sys; print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob('steady*.json'))}, indent=1))" "$WORK" > "$OUT/steady.json"
+collect 'steady*.json' steady.json
 fi
 step done

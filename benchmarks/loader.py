@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ import torch
 
 from benchmarks.run import interleaved_median_seconds
 from data_modules import KineticsSoundsDataModule
-from data_modules.cache import CachedSteps, ClipCache
+from data_modules.cache import ClipCache
 from data_modules.clips import ClipDataset
 from data_modules.encoding import write_mp4
 
@@ -57,18 +59,27 @@ def fake_clip(index: int, seconds: float, fps: int, rate: int) -> tuple[np.ndarr
     return video, np.stack([audio, 0.8 * audio]).astype(np.float32)
 
 
-def make_dataset(folder: Path, clips: int, seconds: float) -> dict[str, Path]:
-    """A Kinetics-Sounds folder of ``clips`` fake clips with a CRMT train list (reused when complete)."""
+def write_fake_clip(media: Path, index: int, seconds: float) -> str:
+    """Write fake clip ``index`` under ``media``; its line of the train list (name, label)."""
+    name = f"bench{index:06d}_000000_000010"
+    video, audio = fake_clip(index, seconds, fps=25, rate=44100)
+    write_mp4(media / f"{name}.mp4", video=video, audio=audio, fps=25, audio_rate=44100)
+    return f"{name} {index % 31}"
+
+
+def make_dataset(folder: Path, clips: int, seconds: float, processes: int = 1) -> dict[str, Path]:
+    """A Kinetics-Sounds folder of ``clips`` fake clips with a CRMT train list (reused when complete),
+    written by ``processes`` processes."""
     media, listing = folder / "media", folder / "ks_train.txt"
     if listing.is_file() and len(listing.read_text().split("\n")) - 1 == clips:
         return {"root": media, "list": listing}
     media.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for index in range(clips):
-        name = f"bench{index:06d}_000000_000010"
-        video, audio = fake_clip(index, seconds, fps=25, rate=44100)
-        write_mp4(media / f"{name}.mp4", video=video, audio=audio, fps=25, audio_rate=44100)
-        lines.append(f"{name} {index % 31}")
+    write = partial(write_fake_clip, media, seconds=seconds)
+    if processes > 1:
+        with multiprocessing.Pool(processes) as pool:
+            lines = pool.map(write, range(clips))
+    else:
+        lines = list(map(write, range(clips)))
     listing.write_text("\n".join(lines) + "\n")
     return {"root": media, "list": listing}
 
@@ -97,8 +108,7 @@ def layout_comparison(data: KineticsSoundsDataModule, folder: Path, rounds: int)
     whole_cache = ClipCache(folder, data.cache.fields)
     for record in stepwise.records:
         with data.cache.open(record.key) as arrays:
-            whole_cache.write(record.key, {name: array[range(len(array))] if isinstance(array, CachedSteps) else array
-                                           for name, array in arrays.items()})
+            whole_cache.write(record.key, {name: array[range(len(array))] for name, array in arrays.items()})
     whole = ClipDataset(stepwise.records, data.settings, train=True, cache=whole_cache, seed=data.seed)
     clips = len(stepwise)
 
@@ -159,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     args = parser.parse_args(argv)
 
-    dataset = make_dataset(args.work_dir, args.clips, args.seconds)
+    dataset = make_dataset(args.work_dir, args.clips, args.seconds, processes=max(args.workers, 1))
     cache_dir = args.work_dir / "cache"
     if not args.cache_only:
         shutil.rmtree(cache_dir, ignore_errors=True)
