@@ -155,7 +155,7 @@ class ClipCache:
         return None if names else "holds no arrays"
 
     @contextmanager
-    def open(self, key: str) -> Iterator[dict[str, np.ndarray | CachedSteps]]:
+    def open(self, key: str) -> Iterator[dict[str, ClipArray]]:
         """The cached arrays of clip ``key`` while the block runs: whole arrays, and a
         :class:`CachedSteps` per stepwise array, whose steps are read when indexed. A missing file
         raises ``FileNotFoundError``; any other failure to read, here or in the block's reads, a
@@ -169,7 +169,7 @@ class ClipCache:
             raise _unreadable(path, error) from error
         with archive:
             steps: dict[str, int] = {}
-            arrays: dict[str, np.ndarray | CachedSteps] = {}
+            arrays: dict[str, ClipArray] = {}
             for member in archive.files:
                 name, separator, _ = member.rpartition(STEP_SEPARATOR)
                 if separator:

@@ -93,6 +93,19 @@ class PairedOutcomes:
         return int(self.index.shape[1])
 
 
+def common_seeds(runs: Mapping[str, Sequence[SeedRun]]) -> list[int]:
+    """The seeds every method was run for, in run order; ``ValueError`` when there are no runs or the
+    methods' seeds differ (paired statistics need the same seeds)."""
+    names = list(runs)
+    if not names:
+        raise ValueError("no runs to pair")
+    seeds = [run.seed for run in runs[names[0]]]
+    for name in names:
+        if [run.seed for run in runs[name]] != seeds:
+            raise ValueError(f"{name} was run for seeds {[r.seed for r in runs[name]]}, {names[0]} for {seeds}")
+    return seeds
+
+
 def pair_outcomes(runs: Mapping[str, Sequence[SeedRun]]) -> PairedOutcomes:
     """Align the ``per_sample.json`` of every method by seed and by dataset index.
 
@@ -101,12 +114,7 @@ def pair_outcomes(runs: Mapping[str, Sequence[SeedRun]]) -> PairedOutcomes:
     (the bootstrap draws the same clip positions for every seed).
     """
     names = list(runs)
-    if not names:
-        raise ValueError("no runs to pair")
-    seeds = [run.seed for run in runs[names[0]]]
-    for name in names:
-        if [run.seed for run in runs[name]] != seeds:
-            raise ValueError(f"{name} was run for seeds {[r.seed for r in runs[name]]}, {names[0]} for {seeds}")
+    seeds = common_seeds(runs)
     index_rows: list[np.ndarray] = []
     correct: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in names}
     for position, seed in enumerate(seeds):
@@ -215,11 +223,13 @@ def smoothed_outcomes(runs: Mapping[str, Sequence[SeedRun]]) -> tuple[float, Pai
     smoothing certificates and per scope key, the (S, C) 0/1 outcomes "smoothed prediction correct
     with certified radius >= r" over the certified clips in dataset-index order (C: the clips each run
     certified). None when fewer than two methods have them. Raises ``ValueError`` (naming the files)
-    when the runs used different sigmas, or two methods certified different clips for one seed."""
+    when the methods ran for different seeds or used different sigmas, or two methods certified
+    different clips for one seed."""
     smoothed = {name: seed_runs for name, seed_runs in runs.items()
                 if all(run.metrics.smoothed and "smoothed" in run.per_sample for run in seed_runs)}
     if len(smoothed) < 2:
         return None
+    seeds = common_seeds(smoothed)
     sigmas = {(name, run.seed): next(iter(run.metrics.smoothed.values())).sigma
               for name, seed_runs in smoothed.items() for run in seed_runs}
     if len(set(sigmas.values())) != 1:
@@ -244,10 +254,6 @@ def smoothed_outcomes(runs: Mapping[str, Sequence[SeedRun]]) -> tuple[float, Pai
                 prediction = np.asarray(rows_of_scope["prediction"])[order]
                 certified = np.asarray(rows_of_scope["radius"], dtype=float)[order] >= radius
                 rows[name].setdefault(key, []).append(((prediction == label) & certified).astype(float))
-    seeds = [run.seed for run in next(iter(smoothed.values()))]
-    for name, seed_runs in smoothed.items():
-        if [run.seed for run in seed_runs] != seeds:
-            raise ValueError(f"{name} was run for seeds {[run.seed for run in seed_runs]}, not {seeds}")
     correct = {name: {key: np.stack(values) for key, values in keys.items()} for name, keys in rows.items()}
     some_key = next(iter(next(iter(correct.values()))))
     index = np.stack([reference[(seed, some_key)][1] for seed in seeds])
@@ -266,11 +272,16 @@ def smoothing_claims(runs: Mapping[str, Sequence[SeedRun]], replicates: int = 10
         if a not in outcomes.correct or b not in outcomes.correct:
             continue
         for key in outcomes.correct[a]:
-            scope = "joint" if key == MULTIMODAL_KEY else f"{key} only"
+            scope = _scope_label(key)
             comparison = judge(outcomes, a, b, [key], mean_accuracy,
                                f"smoothed certified accuracy at r = {radius:g} ({scope})", replicates=replicates, seed=seed)
             claims.append(Claim(f"{_label(a)} above {_label(b)}, smoothed certified accuracy, {scope}", (comparison,)))
     return claims
+
+
+def _scope_label(key: str) -> str:
+    """How the comparison names a smoothing scope: ``joint`` (noise on every modality) or ``<m> only``."""
+    return "joint" if key == MULTIMODAL_KEY else f"{key} only"
 
 
 def smoothing_table(summary: Mapping[str, Mapping[str, Mapping]]) -> str:
@@ -281,7 +292,7 @@ def smoothing_table(summary: Mapping[str, Mapping[str, Mapping]]) -> str:
     header = ["method", "scope (noised)", "clips", "abstention rate", *(f"smoothed r = {r}" for r in radii),
               *(f"estimated r = {r}" for r in radii)]
     rows = [
-        [name, "joint" if key == MULTIMODAL_KEY else f"{key} only", "/".join(map(str, cells["certified_clips"])),
+        [name, _scope_label(key), "/".join(map(str, cells["certified_clips"])),
          mean_std_cell(cells["abstention_rate"]), *map(mean_std_cell, cells["smoothed"]), *map(mean_std_cell, cells["estimated"])]
         for name, scopes in summary.items()
         for key, cells in scopes.items()
