@@ -15,6 +15,7 @@ DATA ?=
 ROOT ?=
 WORKERS ?= 2
 SEEDS ?= 1
+SUITE ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train eval compare sweep agent validate test test-full bench bench-scale clean prepare
@@ -45,8 +46,8 @@ eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt [DATA
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint path>"; exit 2; }
 	$(BIN)/python -m crmt test $(or $(CONFIGS),$(CONFIG_ERROR)) --ckpt_path $(CKPT) $(ARGS)
 
-compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 on DATA (default: embedded; a real dataset at the paper's scale): mean +/- std tables, bootstrap-judged orderings: make compare EXPS="jt crmt_jt crmt_at" SEEDS=3 DATA=embedded_misleading
-	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(DATA),--data $(DATA)) $(if $(ARGS),--args "$(ARGS)")
+compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 on DATA (default: embedded; a real dataset at the paper's scale): mean +/- std tables, orderings judged on the adaptive suite (SUITE=, default standard): make compare EXPS="jt crmt_jt crmt_at" SEEDS=3
+	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(DATA),--data $(DATA)) $(if $(SUITE),--suite $(SUITE)) $(if $(ARGS),--args "$(ARGS)")
 
 sweep: $(STAMP) ## create the W&B sweep experiments/sweeps/$(SWEEP).yaml (needs `wandb login`)
 	$(BIN)/wandb sweep experiments/sweeps/$(SWEEP).yaml
@@ -68,10 +69,11 @@ test: $(STAMP) ## run the test suite without the tests marked slow (includes one
 test-full: $(STAMP) ## run every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2, report and smoothing vs l2-PGD pass, loader vs training
+bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2, report, smoothing and the adaptive suite vs l2-PGD pass, loader vs training
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.report
 	$(BIN)/python -m benchmarks.smoothing
+	$(BIN)/python -m benchmarks.adaptive
 	$(BIN)/python -m benchmarks.loader
 
 bench-scale: $(STAMP) ## step-1 clips/s (Lightning vs plain loop, fp32 vs bf16), tau~ loop vs batched, step 2 vs step 1, memory; ARGS="--paper-sizes" for K=31, 224x224, ResNet18 w64

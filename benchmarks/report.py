@@ -33,8 +33,11 @@ import yaml
 from crmt.cli import DEFAULTS_FILE as DEFAULTS
 from crmt.cli import main as crmt_main
 from crmt.models.protocol import Batch, MultiModalModel
-from crmt.robustness.attacks import L2PGD, PixelRanges, pixel_ranges_for, predict
-from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
+from crmt.robustness.attack import predict
+from crmt.robustness.ball import Ball, PixelRanges, pixel_ranges_for
+from crmt.robustness.evaluation import RobustnessEvaluator
+from crmt.robustness.pgd import L2PGD
+from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.report import write_report
 from data_modules import EmbeddedAVDataModule
 
@@ -59,7 +62,8 @@ def train(experiment: str, root: str) -> MultiModalModel:
 
 def pgd_pass(model: MultiModalModel, batches: Iterable[Batch], ranges: PixelRanges, eps: float) -> None:
     for batch in batches:
-        adversarial = L2PGD(eps)(model, model.inputs(batch), batch["label"], ranges)
+        inputs = model.inputs(batch)
+        adversarial = L2PGD()(model, inputs, batch["label"], Ball.around(inputs, eps, pixel_ranges=ranges)).adversarial
         predict(model, adversarial)
 
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.scale import PAPER, TINY, build_model, clock, device_info, emit, pick_device, synthetic_batches
-from crmt.robustness.attacks import L2PGD, predict
+from crmt.robustness.attack import predict
+from crmt.robustness.ball import Ball
+from crmt.robustness.pgd import L2PGD
 from crmt.robustness.smoothing import SmoothingSettings, certify, noise_generator
 from crmt.strategies.crmt import CRMTJointTraining
 
@@ -62,11 +64,11 @@ def certify_seconds(
 def pgd_seconds_per_clip(model: CRMTJointTraining, batch: dict[str, torch.Tensor], eps: float, repeats: int) -> float:
     """Median seconds per clip of one multi-modal l2-PGD pass and its predictions, after one warm-up."""
     inputs, labels = model.inputs(batch), batch["label"]
-    attack = L2PGD(eps)
+    attack, ball = L2PGD(), Ball.around(inputs, eps)
     times = []
     for round_index in range(repeats + 1):
         start = clock(labels.device)
-        predict(model, attack(model, inputs, labels))
+        predict(model, attack(model, inputs, labels, ball).adversarial)
         if round_index > 0:
             times.append(clock(labels.device) - start)
     return statistics.median(times) / labels.shape[0]

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 
 from crmt.cli import main
-from crmt.robustness.attacks import joint_norm
+from crmt.robustness.ball import joint_norm
 from crmt.strategies import CRMTAdversarialTraining, MultiModalAdversarialTraining
 from helpers import TensorAVDataModule, fit_tiny
 

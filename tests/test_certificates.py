@@ -12,11 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from crmt.models.layer_bounds import conv_operator_norm_bound
-from crmt.robustness.attacks import L2PGD, ascent_direction, clean_pass, missing_modality, predict
+from crmt.robustness.attack import clean_pass, missing_modality, predict
+from crmt.robustness.attack_losses import ascent_direction
+from crmt.robustness.ball import Ball
+from crmt.robustness.pgd import L2PGD
+from crmt.robustness.suite import SUITES, suite_attacks
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschitz
 from crmt.robustness.certify import certified_radius, unimodal_radius
-from crmt.robustness.evaluation import CertifiedRadii, RobustnessEvaluator, RobustnessResults, RobustnessSettings
+from crmt.robustness.evaluation import RobustnessEvaluator
+from crmt.robustness.records import CertifiedRadii, RobustnessResults
+from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.report import write_report
 from crmt.robustness.results import AccuracyCurves, RobustnessMetrics
 from crmt.robustness.threats import Scope, Threat
@@ -200,11 +206,13 @@ def test_sound_table_dominates_the_estimate_and_no_attack_beats_sound_radii(trai
         assert (sound[:, off_diagonal] >= estimated[:, off_diagonal]).all()
         logits = predict_logits(model, inputs)
         radius = certified_radius(logits, labels, sound)
-        eligible, violated = audit_radii(model, inputs, labels, radius, steps=20, fraction=1.0)
-        assert eligible.any() and not violated.any()
-        far = L2PGD(50.0, steps=2)(model, inputs, labels)  # a warm start from far outside is rescaled into each radius
-        eligible, violated = audit_radii(model, inputs, labels, radius, steps=5, fraction=1.0, start=far)
-        assert eligible.any() and not violated.any()
+        suite = suite_attacks(SUITES["quick"], 3)
+        outcome = audit_radii(model, inputs, labels, radius, steps=20, fraction=1.0, suite=suite,
+                              generator=torch.Generator().manual_seed(0))
+        assert outcome.eligible.any() and not outcome.violated.any() and not outcome.violated_adaptive.any()
+        far = L2PGD(steps=2)(model, inputs, labels, Ball.around(inputs, 50.0)).adversarial  # rescaled into each radius
+        outcome = audit_radii(model, inputs, labels, radius, steps=5, fraction=1.0, start=far)
+        assert outcome.eligible.any() and not outcome.violated.any() and outcome.violated_adaptive is None
 
 
 def test_ascent_direction_is_the_rescaled_cross_entropy_gradient_and_never_vanishes():
@@ -313,11 +321,6 @@ def test_crmt_radii_use_the_common_protocol_and_its_own_tau_beside_it(trained_cr
     assert per_sample["radius"] == pytest.approx(expected.tolist(), abs=1e-5)
     for threat, value in metrics.accuracy.items():
         assert sum(per_sample["correct"][threat.key]) / len(labels) == pytest.approx(value)
-
-
-def predict_logits(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(inputs).logits
 
 
 # --- typed results ------------------------------------------------------------------------------------------------------

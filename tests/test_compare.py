@@ -19,14 +19,17 @@ from crmt import compare
 from crmt.compare_report import SeedRun, load_run, pair_outcomes, write_comparison
 from crmt.robustness.results import (
     AccuracyCurves,
+    AdaptiveSummary,
     Certificate,
     RadiusSummary,
     RobustnessMetrics,
     SmoothedCertificate,
     SurvivalCurve,
 )
+from crmt.robustness.sanity import SanityCheck
 from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.smoothing import SmoothingSettings
+from crmt.robustness.suite import SUITES, AdaptiveSettings
 from crmt.robustness.threats import Scope
 from crmt.statistics import (
     absolute_gap,
@@ -182,17 +185,20 @@ ACCURACY = {  # per method: probability of being correct under each key
 
 
 SETTINGS = RobustnessSettings(curve_radii=(1.0, 2.0), radius_grid=(0.0, 0.5))
+ADAPTIVE_SETTINGS = replace(SETTINGS, adaptive=AdaptiveSettings(suite="quick"))
 
 
 def _write_run(
     folder: Path, name: str, seed: int, index: list[int] | None = None, certified: bool = True,
-    labels: list[int] | None = None, modalities: list[str] = MODALITIES,
+    labels: list[int] | None = None, modalities: list[str] = MODALITIES, adaptive: AdaptiveSummary | None = None,
 ) -> RobustnessMetrics:
-    """A report folder as ``python -m crmt fit --report_dir`` leaves it (metrics, per-sample outcomes); returns its metrics."""
+    """A report folder as ``python -m crmt fit --report_dir`` leaves it (metrics, per-sample outcomes); returns its
+    metrics. With ``adaptive``, the runs carry the adaptive threats too."""
     rng = np.random.default_rng([seed, len(name)])
     index = list(range(100, 160)) if index is None else index
     probabilities = ACCURACY.get(name, {}) if modalities == MODALITIES else {}
-    threats = SETTINGS.threats(modalities)
+    settings = ADAPTIVE_SETTINGS if adaptive is not None else SETTINGS
+    threats = settings.threats(modalities)
     correct = {t.key: (rng.random(len(index)) < probabilities.get(t.key, 0.6)).astype(int).tolist() for t in threats}
     labels = [i % 6 for i in index] if labels is None else labels
     order = rng.permutation(len(index))  # files need not be sorted by index
@@ -209,9 +215,9 @@ def _write_run(
         certificate = Certificate("estimated over the 60 test samples", [0.0, 0.5], summaries)
         per_sample["radius"] = rng.uniform(0, 1, size=len(index)).tolist()
     metrics = RobustnessMetrics(
-        samples=len(index), modalities=list(modalities), settings=SETTINGS,
+        samples=len(index), modalities=list(modalities), settings=settings,
         accuracy={t: float(np.mean(correct[t.key])) for t in threats},
-        curves=AccuracyCurves([0.0, *SETTINGS.curve_radii], curves), certified=certificate,
+        curves=AccuracyCurves([0.0, *settings.curve_radii], curves), certified=certificate, adaptive=adaptive,
     )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps({"name": name, **metrics.to_json()}), encoding="utf-8")
@@ -440,12 +446,48 @@ def test_orderings_are_judged_on_the_paired_outcomes(tmp_path):
     assert pgd["bootstrap"]["observed"] == pytest.approx(per_sample["crmt_jt"].mean() - per_sample["jt"].mean())
     assert pgd["verdict"] == claims["CRMT-JT above JT, PGD-l2"]["verdict"] == "holds"  # 0.8 vs 0.3 on 180 clips
     assert claims["CRMT-AT above JT, FGM"]["verdict"] == "holds"
-    gap = claims["gap between uni-modal PGD on visual and on audio smaller for CRMT-JT than JT"]
+    gap = claims["gap between uni-modal PGD-l2 on visual and on audio smaller for CRMT-JT than JT"]
     assert gap["verdict"] == "holds" and gap["comparisons"][0]["bootstrap"]["observed"] < 0
     best = claims["CRMT-AT best under PGD-l2"]  # 0.85 vs 0.3 (holds) and vs 0.8 (within noise at 180 clips)
     assert [c["b"] for c in best["comparisons"]] == ["jt", "crmt_jt"]
     assert best["comparisons"][0]["verdict"] == "holds"
     assert best["verdict"] == overall_verdict([c["verdict"] for c in best["comparisons"]])
+
+
+def test_orderings_are_judged_on_the_adaptive_evaluation_with_the_papers_protocol_beside(tmp_path):
+    """With adaptive threats in the runs, every attack ordering is judged on them and listed first; the same
+    orderings on the paper's FGM and PGD follow, labelled as the paper's protocol; raised checks are tabled."""
+    ACCURACY["jt"].update({"adaptive": 0.1, "adaptive_visual": 0.5, "adaptive_audio": 0.1})
+    ACCURACY["crmt_jt"].update({"adaptive": 0.15, "adaptive_visual": 0.6, "adaptive_audio": 0.5})
+    runs = {}
+    try:
+        for name in ("jt", "crmt_jt"):
+            runs[name] = []
+            for seed in (0, 1):
+                scopes = Scope.every(MODALITIES)
+                checks = [SanityCheck("black_box", 2 if (name, seed) == ("jt", 1) else 0, 50)]
+                summary = AdaptiveSummary("quick", SUITES["quick"], ["apgd-ce", "apgd-t", "square"],
+                                          {scope: {"apgd-ce": 10, "apgd-t": 2, "square": 0, "standing": 38} for scope in scopes}, checks)
+                folder = tmp_path / name / f"seed{seed}"
+                _write_run(folder, name, seed, adaptive=summary)
+                runs[name].append(load_run(name, seed, folder))
+    finally:
+        for name in ("jt", "crmt_jt"):
+            for key in ("adaptive", "adaptive_visual", "adaptive_audio"):
+                ACCURACY[name].pop(key)
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=300)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    protocols = {claim["claim"]: claim["protocol"] for claim in results["claims"]}
+    assert protocols["CRMT-JT above JT, Adaptive"] == protocols["CRMT-JT above JT, uni-modal Adaptive on audio"] == "adaptive"
+    assert protocols["CRMT-JT above JT, clean"] == protocols["CRMT-JT above JT, visual missing"] == "adaptive"
+    assert protocols["CRMT-JT above JT, PGD-l2"] == protocols["CRMT-JT above JT, FGM"] == "paper"
+    assert protocols["gap between uni-modal Adaptive on visual and on audio smaller for CRMT-JT than JT"] == "adaptive"
+    text = markdown.read_text(encoding="utf-8")
+    judged, reference = text.split("### The same orderings under the paper's attack protocol")
+    assert "CRMT-JT above JT, Adaptive:" in judged and "CRMT-JT above JT, PGD-l2:" not in judged
+    assert "CRMT-JT above JT, PGD-l2:" in reference and "Adaptive" not in reference.split("## Wall time")[0]
+    assert results["adaptive"]["jt"]["flags"] == {"0": [], "1": ["black_box"]}
+    assert "seed 0: none; seed 1: black_box" in text and "| Adaptive |" in text
 
 
 @pytest.mark.parametrize(
@@ -514,8 +556,8 @@ def test_unchanged_runs_are_reused_and_changes_trigger_reruns(project, monkeypat
     monkeypatch.setattr(compare, "launch", fake)
     out = Path("runs/compare/embedded")
 
-    def run(extra=(), force=False, data="embedded"):
-        compare.run_all(["jt"], [0, 1], out, data, extra, force)
+    def run(extra=(), force=False, data="embedded", suite="standard"):
+        compare.run_all(["jt"], [0, 1], out, data, extra, force, suite)
         return capsys.readouterr().out
 
     run()
@@ -523,6 +565,7 @@ def test_unchanged_runs_are_reused_and_changes_trigger_reruns(project, monkeypat
     assert fake.commands[0][1:] == [
         "-m", "crmt", "fit", "--config", "experiments/jt.yaml", "--config", "experiments/data/embedded.yaml",
         "--seed_everything", "0", "--data.init_args.seed", "0", "--report_dir", str(out / "jt" / "seed0"),
+        "--trainer.callbacks.init_args.settings.adaptive.suite", "standard",
     ]
     record = json.loads((out / "jt" / "seed0" / "run.json").read_text(encoding="utf-8"))
     assert record["arguments"] == fake.commands[0][1:]
@@ -552,16 +595,19 @@ def test_unchanged_runs_are_reused_and_changes_trigger_reruns(project, monkeypat
 
     assert "reusing" in run(extra=["--trainer.max_epochs", "2"]) and len(fake.commands) == 8
     assert "--force" in run(extra=["--trainer.max_epochs", "2"], force=True) and len(fake.commands) == 10
+    printed = run(extra=["--trainer.max_epochs", "2"], suite="quick")
+    assert "arguments changed" in printed and "adaptive.suite quick" in printed and len(fake.commands) == 12
+    run(extra=["--trainer.max_epochs", "2"])
 
     (project / "data_modules").mkdir()
     (project / "data_modules" / "synthetic.py").write_text("VISUAL_JITTER = 0.7\n", encoding="utf-8")
     printed = run(extra=["--trainer.max_epochs", "2"])  # a changed default in code changes the data
-    assert len(fake.commands) == 12 and f"config files changed: {compare.CODE_KEY}" in printed
+    assert len(fake.commands) == 16 and f"config files changed: {compare.CODE_KEY}" in printed
     (project / "src" / "crmt").mkdir(parents=True)
     (project / "src" / "crmt" / "compare_report.py").write_text("# reads finished runs\n", encoding="utf-8")
     assert "reusing" in run(extra=["--trainer.max_epochs", "2"]), "the comparison's own code is not part of a run"
     (project / "src" / "crmt" / "losses.py").write_text("# a training module\n", encoding="utf-8")
-    assert "config files changed" in run(extra=["--trainer.max_epochs", "2"]) and len(fake.commands) == 14
+    assert "config files changed" in run(extra=["--trainer.max_epochs", "2"]) and len(fake.commands) == 18
 
 
 def test_a_failed_run_points_at_its_log_and_is_not_reused(project, monkeypatch):

@@ -10,7 +10,8 @@ from lightning.pytorch import seed_everything
 
 from helpers import TensorAVDataModule, make_trainer, tau_by_hand
 from crmt import strategies
-from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessSettings
+from crmt.robustness.evaluation import RobustnessEvaluator
+from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.threats import Scope
 
 SHAPES = TensorAVDataModule.input_shapes

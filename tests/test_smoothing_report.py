@@ -14,7 +14,8 @@ from scipy.stats import norm
 from crmt.callbacks.robustness import RobustnessReport, scalar_metrics
 from crmt.cli import CRMTCLI, MultiModalModule, default_config_files
 from crmt.experiments import config_files
-from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessResults
+from crmt.robustness.evaluation import RobustnessEvaluator
+from crmt.robustness.records import RobustnessResults
 from crmt.robustness.report import SMOOTHED_COLUMN, render_markdown, write_report
 from crmt.robustness.results import RadiusSummary, RobustnessMetrics, SmoothedCertificate, SurvivalCurve
 from crmt.robustness.settings import RobustnessSettings

@@ -1,13 +1,16 @@
-"""``python -m crmt.compare [EXPERIMENT ...] [--seeds N | --seed-list S ...] [--data NAME]``
+"""``python -m crmt.compare [EXPERIMENT ...] [--seeds N | --seed-list S ...] [--data NAME] [--suite NAME]``
 (``make compare``): train several strategies on the same data over the same seeds, then put their
 robustness reports side by side with mean ± std over seeds and the paper's orderings judged by a
-paired two-level bootstrap (see :mod:`crmt.statistics`).
+paired two-level bootstrap (see :mod:`crmt.statistics`), on the adaptive evaluation's worst case
+(the full ``standard`` suite unless ``--suite`` names another, :data:`crmt.robustness.suite.SUITES`)
+with the paper's attack protocol beside it.
 
 Each (experiment, seed) runs as its own process (so W&B runs and global state never mix)::
 
     python -m crmt fit --config experiments/<name>.yaml [--config experiments/scale/... (a real dataset)]
         --config experiments/data/<DATA or embedded>.yaml
-        --seed_everything <s> --data.init_args.seed <s> --report_dir <out>/<name>/seed<s> <ARGS>
+        --seed_everything <s> --data.init_args.seed <s> --report_dir <out>/<name>/seed<s>
+        --trainer.callbacks.init_args.settings.adaptive.suite <suite> <ARGS>
 
 Its folder holds ``train.log``, the report (``metrics.json``, ``per_sample.json``, ...) and
 ``run.json``: the command's arguments (without the Python executable), the SHA-256 of every config
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from crmt import experiments
 from crmt.compare_report import SeedRun, load_run, write_comparison
+from crmt.robustness.suite import SUITES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -111,12 +115,22 @@ class RunPlan:
         }
 
 
-def plan_run(name: str, seed: int, out: Path, data: str | None = None, extra_args: Sequence[str] = ()) -> RunPlan:
-    """The run of experiment ``name`` with ``seed`` (Lightning's seed and the data module's) into ``out/<name>/seed<seed>``."""
+SUITE_OVERRIDE = "--trainer.callbacks.init_args.settings.adaptive.suite"
+"""The override of the report's adaptive suite (the last callback of every config's list is the ``RobustnessReport``)."""
+
+
+def plan_run(
+    name: str, seed: int, out: Path, data: str | None = None, extra_args: Sequence[str] = (), suite: str = "standard"
+) -> RunPlan:
+    """The run of experiment ``name`` with ``seed`` (Lightning's seed and the data module's) into
+    ``out/<name>/seed<seed>``, its report's adaptive evaluation at ``suite``."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown adaptive suite {suite!r}; the named suites are {sorted(SUITES)}")
     files = config_files(name, data)
     folder = Path(out) / name / f"seed{seed}"
     arguments = ["-m", "crmt", "fit", *(argument for f in files for argument in ("--config", _shown(f)))]
-    arguments += ["--seed_everything", str(seed), "--data.init_args.seed", str(seed), "--report_dir", str(folder), *extra_args]
+    arguments += ["--seed_everything", str(seed), "--data.init_args.seed", str(seed), "--report_dir", str(folder),
+                  SUITE_OVERRIDE, suite, *extra_args]
     read = [DEFAULTS_FILE, *files] if DEFAULTS_FILE.is_file() else files
     hashes = {str(Path(f).resolve().relative_to(PROJECT_ROOT)): sha256_file(f) for f in read}
     hashes[CODE_KEY] = code_sha256(PROJECT_ROOT)
@@ -180,11 +194,11 @@ def execute(plan: RunPlan, force: bool = False) -> SeedRun:
 
 def run_all(
     names: Sequence[str], seeds: Sequence[int], out: Path, data: str | None = None,
-    extra_args: Sequence[str] = (), force: bool = False,
+    extra_args: Sequence[str] = (), force: bool = False, suite: str = "standard",
 ) -> dict[str, list[SeedRun]]:
     """Every (experiment, seed) run, seed by seed (a data module generating data per seed does so once
     per seed), as ``{name: [run of each seed]}``. Every config is checked before anything runs."""
-    plans = {(name, seed): plan_run(name, seed, out, data, extra_args) for seed in seeds for name in names}
+    plans = {(name, seed): plan_run(name, seed, out, data, extra_args, suite) for seed in seeds for name in names}
     runs: dict[str, list[SeedRun]] = {name: [] for name in names}
     for seed in seeds:
         for name in names:
@@ -213,6 +227,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--args", default="", help="LightningCLI overrides passed to every run, e.g. '--trainer.max_epochs 2'")
     parser.add_argument("--force", action="store_true", help="rerun every run even when a matching finished one exists")
     parser.add_argument("--replicates", type=int, default=10_000, help="bootstrap replicates per ordering (default 10000)")
+    parser.add_argument("--suite", default="standard", choices=sorted(SUITES),
+                        help="the adaptive suite of every run's report (default: standard, the full suite)")
     return parser
 
 
@@ -223,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     names = list(dict.fromkeys(options.experiments))
     out = options.out or Path("runs/compare") / (options.data or "embedded")
     start = time.perf_counter()
-    runs = run_all(names, seeds, out, options.data, shlex.split(options.args), options.force)
+    runs = run_all(names, seeds, out, options.data, shlex.split(options.args), options.force, options.suite)
     markdown, results = write_comparison(runs, out, options.data, options.replicates, elapsed=time.perf_counter() - start)
     print(markdown.read_text(encoding="utf-8"))
     print(f"[compare] {len(names)} experiments x {len(seeds)} seeds in {time.perf_counter() - start:.0f} s; "

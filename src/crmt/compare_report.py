@@ -344,17 +344,21 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Claim:
-    """One of the paper's orderings: its comparisons (one, or one per rival) and the overall verdict."""
+    """One of the paper's orderings: its comparisons (one, or one per rival) and the overall verdict.
+    ``protocol``: ``adaptive`` (judged on the adaptive worst case, or on a threat without attack: clean, a
+    missing modality; these carry the claims) or ``paper`` (judged on the paper's FGM or PGD, for reference)."""
 
     text: str
     comparisons: tuple[Comparison, ...]
+    protocol: str = "adaptive"
 
     @property
     def verdict(self) -> Verdict:
         return overall_verdict([c.verdict for c in self.comparisons])
 
     def as_dict(self) -> dict:
-        return {"claim": self.text, "verdict": self.verdict, "comparisons": [c.as_dict() for c in self.comparisons]}
+        return {"claim": self.text, "verdict": self.verdict, "protocol": self.protocol,
+                "comparisons": [c.as_dict() for c in self.comparisons]}
 
 
 def judge(
@@ -389,8 +393,13 @@ def _label(name: str) -> str:
     return LABELS.get(name, name)
 
 
+PAPER_KINDS = ("fgm", "pgd")
+"""The paper's attack protocol; orderings judged on them are listed for reference."""
+
+
 def claim_subject(threat: Threat) -> str:
-    """How an ordering names a threat: ``clean``, ``FGM``, ``PGD-l2``, ``uni-modal PGD-l2 on <m>``, ``<m> missing``."""
+    """How an ordering names a threat: ``clean``, ``FGM``, ``PGD-l2``, ``Adaptive``, ``uni-modal PGD-l2 on <m>``,
+    ``uni-modal Adaptive on <m>``, ``<m> missing``."""
     if threat.kind == "clean":
         return "clean"
     if threat.kind == "missing":
@@ -398,27 +407,35 @@ def claim_subject(threat: Threat) -> str:
     return threat.title if threat.scope.multimodal else f"uni-modal {KIND_TITLES[threat.kind]} on {threat.attacked[0]}"
 
 
+def claim_protocol(threat: Threat) -> str:
+    """``paper`` for the paper's FGM and PGD, ``adaptive`` otherwise (see :class:`Claim`)."""
+    return "paper" if threat.kind in PAPER_KINDS else "adaptive"
+
+
 def paper_claims(outcomes: PairedOutcomes, threats: Sequence[Threat], replicates: int = 10_000, seed: int = 0) -> list[Claim]:
     """The paper's orderings among the methods present, over the ``threats`` evaluated (Table-2
     order), each judged by the paired bootstrap:
 
-    - CRMT-JT (and CRMT-AT) above JT in clean, FGM and PGD accuracy, and under uni-modal PGD and
-      with a modality missing, for each modality (the paper's Table 2);
-    - CRMT-AT best under FGM and PGD: against every other method, holding only if it holds against all;
-    - with two modalities, the gap |acc(pgd_<m0>) - acc(pgd_<m1>)| between the two uni-modal PGDs
-      smaller for CRMT-JT (and CRMT-AT) than for JT.
+    - CRMT-JT (and CRMT-AT) above JT in clean, FGM, PGD and adaptive accuracy, and under uni-modal PGD
+      and adaptive attacks and with a modality missing, for each modality (the paper's Table 2);
+    - CRMT-AT best under FGM, PGD and the adaptive attack: against every other method, holding only if it
+      holds against all;
+    - with two modalities, the gap |acc(<kind>_<m0>) - acc(<kind>_<m1>)| between the two uni-modal attacks
+      (PGD, and adaptive) smaller for CRMT-JT (and CRMT-AT) than for JT.
+
+    Orderings on the paper's FGM and PGD have ``protocol`` ``paper``; the others ``adaptive`` (see :class:`Claim`).
     """
     present = list(outcomes.correct)
     options = {"replicates": replicates, "seed": seed}
     claims = []
-    multimodal = [t for t in threats if t.kind in ("fgm", "pgd") and t.scope.multimodal]
-    unimodal_pgd = [t for t in threats if t.kind == "pgd" and not t.scope.multimodal]
-    judged = [t for t in threats if t.kind in ("clean", "missing") or t in multimodal or t in unimodal_pgd]
+    multimodal = [t for t in threats if t.kind in ("fgm", "pgd", "adaptive") and t.scope.multimodal]
+    unimodal = [t for t in threats if t.kind in ("pgd", "adaptive") and not t.scope.multimodal]
+    judged = [t for t in threats if t.kind in ("clean", "missing") or t in multimodal or t in unimodal]
     for a in ("crmt_jt", "crmt_at"):
         if a in present and "jt" in present:
             for threat in judged:
                 comparison = judge(outcomes, a, "jt", [threat.key], mean_accuracy, f"accuracy {threat.key}", **options)
-                claims.append(Claim(f"{_label(a)} above JT, {claim_subject(threat)}", (comparison,)))
+                claims.append(Claim(f"{_label(a)} above JT, {claim_subject(threat)}", (comparison,), claim_protocol(threat)))
     rivals = [name for name in present if name != "crmt_at"]
     if "crmt_at" in present and rivals:
         for threat in multimodal:
@@ -426,18 +443,21 @@ def paper_claims(outcomes: PairedOutcomes, threats: Sequence[Threat], replicates
                 judge(outcomes, "crmt_at", rival, [threat.key], mean_accuracy, f"accuracy {threat.key}", **options)
                 for rival in rivals
             )
-            claims.append(Claim(f"CRMT-AT best under {threat.title}", comparisons))
-    if len(unimodal_pgd) == 2:
-        first, second = unimodal_pgd
+            claims.append(Claim(f"CRMT-AT best under {threat.title}", comparisons, claim_protocol(threat)))
+    for kind in ("pgd", "adaptive"):
+        pair = [t for t in unimodal if t.kind == kind]
+        if len(pair) != 2:
+            continue
+        first, second = pair
         keys = [first.key, second.key]
         gap = absolute_gap(*keys)
         for a in ("crmt_jt", "crmt_at"):
             if a in present and "jt" in present:
                 comparison = judge(outcomes, a, "jt", keys, gap, gap.__name__, higher_is_better=False, **options)
                 claims.append(Claim(
-                    f"gap between uni-modal PGD on {first.attacked[0]} and on {second.attacked[0]} smaller for "
-                    f"{_label(a)} than JT",
-                    (comparison,),
+                    f"gap between uni-modal {KIND_TITLES[kind]} on {first.attacked[0]} and on {second.attacked[0]} "
+                    f"smaller for {_label(a)} than JT",
+                    (comparison,), claim_protocol(first),
                 ))
     return claims
 
@@ -463,6 +483,35 @@ def claim_lines(claim: Claim) -> list[str]:
         return [f"- {claim.text}: {comparison_line(claim.comparisons[0])}"]
     lines = [f"- {claim.text}: {claim.verdict} (over {len(claim.comparisons)} rivals)"]
     return lines + [f"  - against {c.b}: {comparison_line(c)}" for c in claim.comparisons]
+
+
+def adaptive_summary(runs: Mapping[str, Sequence[SeedRun]]) -> dict[str, dict]:
+    """Per method whose runs have the adaptive evaluation: the suites used, and per seed the raised sanity
+    checks (their keys) and the radius audit's violation rate under l2-PGD and under the suite."""
+    summary = {}
+    for name, seed_runs in runs.items():
+        adaptive = [run.metrics.adaptive for run in seed_runs]
+        if any(a is None for a in adaptive):
+            continue
+        audits = [run.metrics.audit for run in seed_runs]
+        summary[name] = {
+            "suites": sorted({a.suite for a in adaptive}),
+            "flags": {str(run.seed): [check.key for check in a.raised] for run, a in zip(seed_runs, adaptive, strict=True)},
+            "audit_violation_rate": summarize([audit.violation_rate if audit else None for audit in audits]),
+            "audit_adaptive_violation_rate": summarize([audit.adaptive_violation_rate if audit else None for audit in audits]),
+        }
+    return summary
+
+
+def flag_table(summary: Mapping[str, Mapping]) -> str:
+    """One row per method: the suite, the raised sanity checks per seed, the audit's violation rates."""
+    rows = []
+    for name, cells in summary.items():
+        flags = "; ".join(f"seed {seed}: {', '.join(keys) if keys else 'none'}" for seed, keys in cells["flags"].items())
+        rows.append([name, ", ".join(cells["suites"]), flags, mean_std_cell(cells["audit_violation_rate"]),
+                     mean_std_cell(cells["audit_adaptive_violation_rate"])])
+    return markdown_table(["method", "suite", "raised sanity checks", "audit violation rate, l2-PGD",
+                           "audit violation rate, adaptive"], rows)
 
 
 def averaged_curves(runs: Mapping[str, Sequence[SeedRun]]) -> tuple[list[float], dict[str, list[float]]]:
@@ -519,6 +568,7 @@ def comparison_results(
         "certified": certificate_summary(runs, lambda metrics: metrics.certified),
         "certified_model": certificate_summary(runs, lambda metrics: metrics.certified_model),
         "smoothed": smoothing_summary(runs),
+        "adaptive": adaptive_summary(runs),
         "claims": [claim.as_dict() for claim in claims],
         "smoothing_claims": [claim.as_dict() for claim in smoothing],
         "wall_seconds": {name: {str(run.seed): run.wall_seconds for run in seed_runs} for name, seed_runs in runs.items()},
@@ -538,7 +588,9 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
         "",
         f"Data: {data}. S = {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) per "
         f"method, each training and testing once; C = {results['test_clips']} test clips per seed. Cells: mean ± "
-        "sample std (ddof 1) over seeds. Attacks as in the paper's protocol (see each `<name>/seed<s>/report.md`).",
+        "sample std (ddof 1) over seeds. FGM and PGD-l2: the paper's attack protocol, upper bounds that a stronger "
+        "attack lowers; Adaptive: the worst case per clip over the adaptive suite and the paper's attacks on the "
+        "same budget (see each `<name>/seed<s>/report.md`).",
         "",
         "## Accuracy (Tables 1 and 2 layout)",
         "",
@@ -578,6 +630,16 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
                 "",
                 *(line for claim in smoothing for line in claim_lines(claim)),
             ]
+    if results["adaptive"]:
+        parts += [
+            "",
+            "## Adaptive evaluation: sanity checks and audit",
+            "",
+            "A raised check means that run's adaptive accuracies may overstate its robustness (each run's "
+            "`report.md` lists every check with its counts).",
+            "",
+            flag_table(results["adaptive"]),
+        ]
     bootstrap = results["bootstrap"]
     parts += [
         "",
@@ -586,10 +648,28 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
         f"{bootstrap['test']} B = {bootstrap['replicates']} replicates, generator seed {bootstrap['generator_seed']}.",
         "",
     ]
-    lines = [line for claim in claims for line in claim_lines(claim)]
-    parts += lines or ["No ordering of the paper applies to the methods compared."]
+    judged = [claim for claim in claims if claim.protocol == "adaptive"]
+    reference = [claim for claim in claims if claim.protocol == "paper"]
+    if not claims:
+        parts += ["No ordering of the paper applies to the methods compared."]
+    else:
+        attacked = any("Adaptive" in claim.text for claim in judged)
+        parts += [
+            "### Judged on the adaptive evaluation (and on clean and missing-modality accuracy)",
+            "",
+            *(line for claim in judged for line in claim_lines(claim)),
+        ]
+        if not attacked:
+            parts += ["", "These runs have no adaptive evaluation: every attack ordering rests on the paper's weak "
+                          "protocol below alone."]
+        parts += [
+            "",
+            "### The same orderings under the paper's attack protocol (FGM, PGD-l2), for reference",
+            "",
+            *(line for claim in reference for line in claim_lines(claim)),
+        ]
     if ablation is not None:
-        parts += ["", f"Ablation figure (the paper's Figure 5, curves averaged over seeds): `{ablation}`"]
+        parts += ["", f"Ablation figure (the paper's Figure 5 under its l2-PGD protocol, curves averaged over seeds): `{ablation}`"]
     parts += ["", "## Wall time (train + test + report)", "", *wall_time_lines(runs, elapsed)]
     return "\n".join(parts) + "\n"
 
@@ -611,7 +691,8 @@ def write_comparison(
     ablation = None
     if curves:
         ablation = plot_accuracy_vs_radius(
-            radii, curves, out / "ablation.png", "ablation: accuracy under multi-modal l2-PGD (mean over seeds)"
+            radii, curves, out / "ablation.png",
+            "ablation: accuracy under multi-modal l2-PGD, the paper's protocol (mean over seeds)"
         )
     results["elapsed_seconds"] = elapsed
     json_path = out / "compare.json"

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from crmt.models.protocol import MultiModalModel
 from crmt.reproducibility import run_context
-from crmt.robustness.attacks import pixel_ranges_for
-from crmt.robustness.evaluation import RobustnessEvaluator, RobustnessResults, RobustnessSettings
+from crmt.robustness.ball import pixel_ranges_for
+from crmt.robustness.evaluation import RobustnessEvaluator
+from crmt.robustness.records import RobustnessResults
+from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.figures import plot_eta_ratio_heatmap
 from crmt.robustness.report import ReportFiles, write_report
 from crmt.robustness.results import RobustnessMetrics
@@ -56,9 +58,12 @@ def _finalize(evaluator: RobustnessEvaluator, trainer: Trainer, pl_module: Light
 
 
 def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
-    """Flat scalars of an evaluation: attack accuracies, radius mean/median, eta log-ratio, audit rate,
-    and per smoothed scope the smoothed certified accuracy at its table budget, the abstention rate and
-    the reach R_max of the smoothing settings (the budget accuracy is 0 by construction above it)."""
+    """Flat scalars of an evaluation: attack accuracies (the paper's protocol and, as ``acc_adaptive*``, the
+    adaptive worst case), radius mean/median, eta log-ratio, audit rates (``audit_violation_rate`` under
+    l2-PGD, ``audit_adaptive_violation_rate`` under the adaptive suite), the number of raised sanity checks
+    (``adaptive_flags``), and per smoothed scope the smoothed certified accuracy at its table budget, the
+    abstention rate and the reach R_max of the smoothing settings (the budget accuracy is 0 by construction
+    above it)."""
     scalars = {f"{prefix}/acc_{threat.key}": value for threat, value in metrics.accuracy.items()}
     certificates = (("radius", metrics.certified), ("model_radius", metrics.certified_model),
                     ("sound_radius", metrics.certified_sound))
@@ -72,6 +77,10 @@ def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
         scalars[f"{prefix}/eta_log_ratio_mean"] = metrics.eta_ratio.mean_log_ratio
     if metrics.audit is not None and metrics.audit.eligible:
         scalars[f"{prefix}/audit_violation_rate"] = metrics.audit.violation_rate
+        if metrics.audit.adaptive_violation_rate is not None:
+            scalars[f"{prefix}/audit_adaptive_violation_rate"] = metrics.audit.adaptive_violation_rate
+    if metrics.adaptive is not None:
+        scalars[f"{prefix}/adaptive_flags"] = float(len(metrics.adaptive.raised))
     for scope, smoothed in (metrics.smoothed or {}).items():
         scalars[f"{prefix}/smoothed_acc_at_budget{scope.suffix}"] = smoothed.accuracy_at_budget
         scalars[f"{prefix}/smoothed_abstention{scope.suffix}"] = smoothed.abstention_rate
@@ -166,8 +175,9 @@ class RobustnessMonitor(Callback):
 
 class RobustnessReport(Callback):
     """After ``test``: the full robustness report of the test split (the paper's Table 2 layout,
-    accuracy-vs-radius curves, eta heatmap, certified accuracy, radius audit, randomized smoothing
-    with ``settings.smoothing``) written to
+    the adaptive evaluation and its sanity checks with ``settings.adaptive``, accuracy-vs-radius
+    curves, eta heatmap, certified accuracy, radius audit, randomized smoothing with
+    ``settings.smoothing``) written to
     ``<run folder>/report/`` (or ``output_dir``), printed, and logged to W&B under ``report/``.
 
     Args:
@@ -191,6 +201,13 @@ class RobustnessReport(Callback):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.evaluator = _evaluator(trainer, pl_module, self.settings, _test_split_size(trainer))
+        adaptive = self.settings.adaptive
+        if adaptive is not None:
+            rank_zero_info(
+                f"Robustness report: the adaptive suite {adaptive.suite!r} ({adaptive.size.describe()}) attacks every "
+                f"correctly classified test clip in {1 + len(pl_module.modalities)} scopes, every {adaptive.chunk} clips "
+                "(its cost: docs/robustness.md, \"Adaptive evaluation\")"
+            )
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch is not None:
@@ -207,6 +224,9 @@ class RobustnessReport(Callback):
         self.files = files = write_report(results, folder, name, context)
         rank_zero_info(files.markdown.read_text(encoding="utf-8") + f"\nReport files: {folder}")
         metrics = results.metrics()
+        if metrics.adaptive is not None and metrics.adaptive.raised:
+            rank_zero_warn(f"{name}: sanity checks of the adaptive evaluation raised: "
+                           + "; ".join(check.line() for check in metrics.adaptive.raised))
         if trainer.logger is not None:
             trainer.logger.log_metrics(scalar_metrics(metrics, "report"), step=trainer.global_step)
         _log_media(trainer, results, metrics, "report", files.images())

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from crmt.models.protocol import CertifiableModel, is_certifiable
-from crmt.robustness.attacks import CleanPass, ascent_direction
+from crmt.robustness.attack import CleanPass
+from crmt.robustness.attack_losses import ascent_direction
 from crmt.robustness.certify import linear_pair_lipschitz, orthogonal_pair_lipschitz
 from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms, score_input_gradients
 from crmt.robustness.modes import eval_mode, float32_math, input_gradients
@@ -91,7 +92,7 @@ class LipschitzEstimator:
         self.samples += int(inputs[0].shape[0])
 
     def clean_pass(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> CleanPass:
-        """Fold in one batch and return its :func:`~crmt.robustness.attacks.clean_pass` from the same
+        """Fold in one batch and return its :func:`~crmt.robustness.attack.clean_pass` from the same
         backward passes, without one of its own.
 
         With logits ``sum_m A^(m) * s^(m) + b``, the loss ascent direction d (B, K) gives the

@@ -39,13 +39,20 @@ def _accuracy_axes(x_label: str, y_label: str, title: str, size: tuple[float, fl
 
 
 def plot_accuracy_vs_radius(
-    radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str
+    radii: Sequence[float], curves: Mapping[str, Sequence[float]], path: Path, title: str,
+    points: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
-    """One line per curve: accuracy (y) at each l2 attack radius (x; 0 is the clean accuracy)."""
-    figure, axis = _accuracy_axes("l2 attack radius", "accuracy", title, (5.0, 3.6))
-    for label, accuracy in curves.items():
-        axis.plot(radii, accuracy, marker="o", label=label)
-    axis.legend()
+    """One line per curve: accuracy (y) at each l2 attack radius (x; 0 is the clean accuracy). ``points``:
+    per curve label, one (radius, accuracy) drawn as a star in the curve's colour (the adaptive
+    evaluation's worst case at the table's budget)."""
+    figure, axis = _accuracy_axes("l2 attack radius", "accuracy", title, (5.4, 3.8))
+    for number, (label, accuracy) in enumerate(curves.items()):
+        axis.plot(radii, accuracy, marker="o", color=f"C{number}", label=label)
+        if points and label in points:
+            radius, value = points[label]
+            axis.plot([radius], [value], marker="*", markersize=12, linestyle="none", color=f"C{number}",
+                      label=f"{label}: adaptive")
+    axis.legend(fontsize="small")
     return _save(figure, path)
 
 

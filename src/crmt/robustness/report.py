@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crmt.robustness.evaluation import RobustnessResults
+from crmt.robustness.records import RobustnessResults
 from crmt.robustness.figures import (
     plot_accuracy_vs_radius,
     plot_certified_accuracy,
     plot_eta_ratio_heatmap,
 )
-from crmt.robustness.results import RobustnessMetrics, SmoothedCertificate, SurvivalCurve
-from crmt.robustness.threats import Scope
+from crmt.robustness.results import AdaptiveSummary, RobustnessMetrics, SmoothedCertificate, SurvivalCurve
+from crmt.robustness.threats import Scope, Threat
 
 SMOOTHING_RADII_OVER_SIGMA: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
 """The radii (multiples of sigma) of the smoothing table's certified-accuracy columns."""
@@ -71,8 +71,18 @@ def accuracy_table(metrics_by_name: Mapping[str, RobustnessMetrics]) -> str:
     return markdown_table(header, rows)
 
 
+def _audit_cell(metrics: RobustnessMetrics) -> str:
+    """``violations/eligible`` of l2-PGD, and of the adaptive suite when it was run."""
+    audit = metrics.audit
+    if audit is None:
+        return "-"
+    cell = f"{audit.violations}/{audit.eligible}"
+    return cell if audit.adaptive_violations is None else f"{cell} (adaptive {audit.adaptive_violations}/{audit.eligible})"
+
+
 def certificate_table(metrics_by_name: Mapping[str, RobustnessMetrics]) -> str:
-    """Markdown table of mean estimated certified radii, the audit and the eta log-ratio."""
+    """Markdown table of mean estimated certified radii, the audit (l2-PGD, and the adaptive suite when
+    run) and the eta log-ratio."""
     modalities = next(iter(metrics_by_name.values())).modalities
     header = ["method", "mean radius", *(f"mean radius {m}" for m in modalities), "audit violations",
               "mean radius, model's own tau~", "mean log eta ratio"]
@@ -82,12 +92,12 @@ def certificate_table(metrics_by_name: Mapping[str, RobustnessMetrics]) -> str:
         if certified is None:
             rows.append([name, *["-"] * (len(header) - 1)])
             continue
-        audit, own, ratio = metrics.audit, metrics.certified_model, metrics.eta_ratio
+        own, ratio = metrics.certified_model, metrics.eta_ratio
         rows.append([
             name,
             _cell(certified.multimodal.mean),
             *(_cell(certified.radii[Scope((m,))].mean) for m in modalities),
-            f"{audit.violations}/{audit.eligible}" if audit is not None else "-",
+            _audit_cell(metrics),
             _cell(own.multimodal.mean if own is not None else None),
             _cell(ratio.mean_log_ratio if ratio is not None else None),
         ])
@@ -147,6 +157,52 @@ def smoothing_section(metrics: RobustnessMetrics) -> list[str]:
     ]
 
 
+def _scope_name(scope: Scope) -> str:
+    return "multi-modal (joint)" if scope.multimodal else f"{scope.modalities[0]} only"
+
+
+def adaptive_table(metrics: RobustnessMetrics) -> str:
+    """One row per scope: the budget, the paper's PGD, the adaptive worst case, their gap, and how many
+    correctly classified samples each attack of the suite broke first and how many it left standing."""
+    adaptive = metrics.adaptive
+    header = ["scope", "budget", "PGD-l2 (paper)", "adaptive", "gap", *(f"first broken by {name}" for name in adaptive.attacks),
+              "left standing by the suite"]
+    rows = []
+    for scope, counts in adaptive.broken_by.items():
+        budget = metrics.settings.budget(scope)
+        paper = metrics.accuracy.get(Threat("pgd", scope.modalities, budget))
+        worst = metrics.accuracy.get(Threat("adaptive", scope.modalities, budget))
+        gap = None if paper is None or worst is None else worst - paper
+        rows.append([_scope_name(scope), f"{budget:g}", _cell(paper), _cell(worst), "-" if gap is None else f"{gap:+.3f}",
+                     *(str(counts[name]) for name in adaptive.attacks), str(counts["standing"])])
+    return markdown_table(header, rows)
+
+
+def flag_lines(adaptive: AdaptiveSummary) -> list[str]:
+    """The raised sanity checks, one line each (empty when none is raised)."""
+    return [f"- {check.line()}" for check in adaptive.raised]
+
+
+def adaptive_section(metrics: RobustnessMetrics) -> list[str]:
+    """The report's adaptive-evaluation section: the suite, the per-scope table and every sanity check."""
+    adaptive = metrics.adaptive
+    return [
+        "",
+        "## Adaptive evaluation (the worst case over every attack tried)",
+        "",
+        f"Suite `{adaptive.suite}`: {adaptive.size.describe()}, each attack on the samples every earlier one left "
+        f"standing, then the paper's FGM and PGD on the same ball; a sample counts as broken when any iterate "
+        f"inside its ball is misclassified. Its accuracies are upper bounds on the true robust accuracy, as "
+        f"good as this suite and no better; they are the numbers claims are judged on.",
+        "",
+        adaptive_table(metrics),
+        "",
+        "Sanity checks (Carlini et al. 2019; AutoAttack's flags):",
+        "",
+        *(f"- {check.line()}" for check in adaptive.checks),
+    ]
+
+
 @dataclass
 class ReportFiles:
     """Paths of one report's files (figures that do not apply are ``None``)."""
@@ -165,17 +221,26 @@ class ReportFiles:
 def render_markdown(name: str, metrics: RobustnessMetrics) -> str:
     """The Markdown report of one model."""
     settings = metrics.settings
-    parts = [
-        f"# Robustness report: {name}",
-        "",
+    parts = [f"# Robustness report: {name}", ""]
+    if metrics.adaptive is not None and metrics.adaptive.raised:
+        parts += ["**FLAGGED: sanity checks of the adaptive evaluation are raised; its accuracies may overstate "
+                  "robustness:**", "", *flag_lines(metrics.adaptive), ""]
+    adaptive = ""
+    if metrics.adaptive is not None:
+        adaptive = (f" Adaptive: the worst case per sample over the suite `{metrics.adaptive.suite}` (below) and the "
+                    "paper's FGM and PGD, on the same budget.")
+    parts += [
         f"{metrics.samples} samples. Multi-modal attacks: joint l2 budget {settings.multimodal_eps}; "
-        f"uni-modal attacks: l2 budget {settings.unimodal_eps} on one modality; PGD: {settings.steps} steps "
-        f"of {settings.step_fraction:.3g} x budget; missing modality: input set to {settings.missing_fill}.",
+        f"uni-modal attacks: l2 budget {settings.unimodal_eps} on one modality; FGM and PGD-l2 are the paper's "
+        f"protocol (PGD: {settings.steps} steps of {settings.step_fraction:.3g} x budget, from the clean input): "
+        f"upper bounds that a stronger attack can lower.{adaptive} Missing modality: input set to {settings.missing_fill}.",
         "",
         "## Accuracy (the layout of the paper's Table 2)",
         "",
         accuracy_table({name: metrics}),
     ]
+    if metrics.adaptive is not None:
+        parts += adaptive_section(metrics)
     if metrics.certified is not None:
         audit = metrics.audit
         own = metrics.certified_model
@@ -189,7 +254,10 @@ def render_markdown(name: str, metrics: RobustnessMetrics) -> str:
             f"{settings.audit_steps} steps inside {settings.audit_fraction} x each estimated radius, from the "
             f"multi-modal PGD's example rescaled into it, beat "
             f"{audit.violations} of {audit.eligible} certified samples (violation rate "
-            f"{audit.violation_rate:.3f}).",
+            f"{audit.violation_rate:.3f})"
+            + (f"; with the adaptive suite's APGD-CE and APGD-T in the same balls, {audit.adaptive_violations} of {audit.eligible} "
+               f"(violation rate {audit.adaptive_violation_rate:.3f})" if audit.adaptive_violations is not None else "")
+            + ".",
             "",
             certificate_table({name: metrics}),
         ]
@@ -217,6 +285,19 @@ def certified_curves(metrics: RobustnessMetrics) -> dict[str, dict[str, Survival
     return families
 
 
+def adaptive_points(metrics: RobustnessMetrics) -> dict[str, tuple[float, float]]:
+    """Per scope label: (table budget, adaptive accuracy), to mark beside the paper-protocol curves."""
+    if metrics.adaptive is None:
+        return {}
+    points = {}
+    for scope in metrics.curves.accuracy:
+        budget = metrics.settings.budget(scope)
+        value = metrics.accuracy.get(Threat("adaptive", scope.modalities, budget))
+        if value is not None:
+            points[scope.label] = (budget, value)
+    return points
+
+
 def write_report(
     results: RobustnessResults, folder: Path, name: str, context: dict[str, object] | None = None
 ) -> ReportFiles:
@@ -236,7 +317,8 @@ def write_report(
         metrics.curves.radii,
         {scope.label: values for scope, values in metrics.curves.accuracy.items()},
         folder / "accuracy_vs_radius.png",
-        f"{name}: accuracy under l2-PGD",
+        f"{name}: accuracy under l2-PGD (the paper's protocol)",
+        adaptive_points(metrics),
     )
     heatmap_path = certified_path = None
     if metrics.eta_ratio is not None:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from crmt.robustness.certify import certified_accuracy
+from crmt.robustness.sanity import SanityCheck
 from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.smoothing import SmoothedCertificates, SmoothingSettings, max_certified_radius
+from crmt.robustness.suite import AdaptiveSettings, SuiteSize
 from crmt.robustness.threats import Scope, Threat
 
 
@@ -159,23 +161,34 @@ class EtaRatio:
 @dataclass(frozen=True)
 class AuditCounts:
     """The radius audit (:mod:`crmt.robustness.audit`), summed over ranks: samples ``attacked``, those
-    ``eligible`` (positive radius), the ``violations`` among them; ``sound``: the same for the sound
-    radii when they were audited too."""
+    ``eligible`` (positive radius), the ``violations`` among them by l2-PGD; ``adaptive_violations``: those
+    by l2-PGD or the adaptive suite's gradient attacks (``None`` without them); ``sound``: the same for the
+    sound radii when they were audited too."""
 
     attacked: int
     eligible: int
     violations: int
     sound: AuditCounts | None = None
+    adaptive_violations: int | None = None
 
     @property
     def violation_rate(self) -> float:
         """violations / eligible (0 without eligible samples)."""
         return self.violations / self.eligible if self.eligible else 0.0
 
+    @property
+    def adaptive_violation_rate(self) -> float | None:
+        """adaptive_violations / eligible (0 without eligible samples; ``None`` without the adaptive audit)."""
+        if self.adaptive_violations is None:
+            return None
+        return self.adaptive_violations / self.eligible if self.eligible else 0.0
+
     def to_json(self) -> dict:
-        """The counts, and the sound audit's under ``sound_``-prefixed keys."""
+        """The counts, the adaptive audit's (when run) and the sound audit's under ``sound_``-prefixed keys."""
         counts = {"attacked": self.attacked, "eligible": self.eligible, "violations": self.violations,
                   "violation_rate": self.violation_rate}
+        if self.adaptive_violations is not None:
+            counts |= {"adaptive_violations": self.adaptive_violations, "adaptive_violation_rate": self.adaptive_violation_rate}
         sound = {} if self.sound is None else {f"sound_{key}": value for key, value in self.sound.to_json().items()}
         return {**counts, **sound}
 
@@ -183,8 +196,52 @@ class AuditCounts:
     def from_json(cls, data: Mapping) -> AuditCounts:
         sound = None
         if "sound_attacked" in data:
-            sound = cls(data["sound_attacked"], data["sound_eligible"], data["sound_violations"])
-        return cls(data["attacked"], data["eligible"], data["violations"], sound)
+            sound = cls(data["sound_attacked"], data["sound_eligible"], data["sound_violations"],
+                        adaptive_violations=data.get("sound_adaptive_violations"))
+        return cls(data["attacked"], data["eligible"], data["violations"], sound, data.get("adaptive_violations"))
+
+
+@dataclass(frozen=True)
+class AdaptiveSummary:
+    """The adaptive evaluation (:mod:`crmt.robustness.suite`): the suite's name and size, its attacks in
+    the order they ran, per scope how many correctly classified samples each attack broke first and
+    how many stood (``standing``: the suite broke none of them; the paper's FGM or PGD may have), and the
+    sanity checks (:mod:`crmt.robustness.sanity`)."""
+
+    suite: str
+    size: SuiteSize
+    attacks: list[str]
+    broken_by: dict[Scope, dict[str, int]]
+    checks: list[SanityCheck]
+
+    @classmethod
+    def of(cls, settings: AdaptiveSettings, attacks: Sequence[str], broken_by: Mapping[Scope, torch.Tensor],
+           checks: Sequence[SanityCheck]) -> AdaptiveSummary:
+        """From the gathered per-sample codes (N,) per scope: an attack's index, -1 standing, -2 not attacked."""
+        counts = {
+            scope: {**{name: int((codes == i).sum()) for i, name in enumerate(attacks)}, "standing": int((codes == -1).sum())}
+            for scope, codes in broken_by.items()
+        }
+        return cls(settings.suite, settings.size, list(attacks), counts, list(checks))
+
+    @property
+    def raised(self) -> list[SanityCheck]:
+        """The checks that are raised."""
+        return [check for check in self.checks if check.raised]
+
+    def to_json(self) -> dict:
+        return {
+            "suite": self.suite, "size": asdict(self.size), "attacks": list(self.attacks),
+            "broken_by": {scope.key: dict(counts) for scope, counts in self.broken_by.items()},
+            "checks": [check.to_json() for check in self.checks],
+            "flags": [check.key for check in self.raised],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping, modalities: Sequence[str]) -> AdaptiveSummary:
+        broken_by = {scope: dict(data["broken_by"][scope.key]) for scope in Scope.every(modalities)}
+        return cls(data["suite"], SuiteSize(**data["size"]), list(data["attacks"]), broken_by,
+                   [SanityCheck.from_json(check) for check in data["checks"]])
 
 
 @dataclass(frozen=True)
@@ -287,6 +344,8 @@ class RobustnessMetrics:
         certified_sound: radii from sound Lipschitz upper bounds.
         sound_note: why there are no sound radii, when there are none and it is worth saying.
         smoothed: randomized smoothing per scope; ``None`` when not run.
+        adaptive: the adaptive evaluation's suite, per-attack counts and sanity checks; ``None`` when not run
+            (its accuracies are in ``accuracy``, as the ``adaptive`` threats).
     """
 
     samples: int
@@ -301,6 +360,7 @@ class RobustnessMetrics:
     certified_sound: Certificate | None = None
     sound_note: str = ""
     smoothed: dict[Scope, SmoothedCertificate] | None = None
+    adaptive: AdaptiveSummary | None = None
 
     @property
     def threats(self) -> list[Threat]:
@@ -327,6 +387,8 @@ class RobustnessMetrics:
             data["certified_sound"] = {"note": self.sound_note}
         if self.smoothed is not None:
             data["smoothed"] = {scope.key: certificate.to_json() for scope, certificate in self.smoothed.items()}
+        if self.adaptive is not None:
+            data["adaptive"] = self.adaptive.to_json()
         return data
 
     @classmethod
@@ -352,6 +414,7 @@ class RobustnessMetrics:
             certified_sound=certificate("certified_sound"),
             sound_note=sound.get("note", ""),
             smoothed=cls._smoothed_from_json(data["smoothed"], modalities) if "smoothed" in data else None,
+            adaptive=AdaptiveSummary.from_json(data["adaptive"], modalities) if "adaptive" in data else None,
         )
 
     @staticmethod

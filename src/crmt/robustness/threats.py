@@ -3,7 +3,8 @@
 - :class:`Scope`: the modalities a perturbation moves, all of them together (multi-modal) or
   one; it keys the accuracy-vs-radius curves and the certified radii.
 - :class:`Threat`: one column of the paper's Table 2 (clean, FGM or l2-PGD within a budget on a
-  scope, a missing modality); it keys the per-sample correctness and the accuracies.
+  scope, a missing modality), or the adaptive worst case on a PGD column's ball; it keys the
+  per-sample correctness and the accuracies.
 
 Their ``key`` is the name a result has in ``metrics.json`` and ``per_sample.json``; their
 ``title`` or ``label`` is what a table or a figure shows. Names are built here and nowhere else.
@@ -15,13 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-ThreatKind = Literal["clean", "fgm", "pgd", "missing"]
-"""clean inputs; the fast gradient method or l2-PGD within an l2 budget; a modality replaced by a constant."""
+ThreatKind = Literal["clean", "fgm", "pgd", "adaptive", "missing"]
+"""clean inputs; the fast gradient method or l2-PGD (the paper's protocol) within an l2 budget; the worst
+case over the adaptive suite and the paper's attacks within the same budget; a modality replaced by a constant."""
+ATTACK_KINDS: tuple[str, ...] = ("fgm", "pgd", "adaptive")
+"""The kinds that attack within an l2 budget."""
 
 MULTIMODAL_KEY = "multimodal"
 """The key of the multi-modal scope's curve and certificate in ``metrics.json``."""
 
-KIND_TITLES: dict[str, str] = {"clean": "Clean", "fgm": "FGM", "pgd": "PGD-l2", "missing": "missing"}
+KIND_TITLES: dict[str, str] = {"clean": "Clean", "fgm": "FGM", "pgd": "PGD-l2", "adaptive": "Adaptive", "missing": "missing"}
 """How tables name each kind of threat."""
 
 
@@ -67,8 +71,8 @@ class Scope:
 class Threat:
     """One column of the paper's Table 2: ``kind`` on the ``attacked`` modalities within l2 ``budget``.
 
-    clean: nothing attacked, no budget; fgm / pgd: a scope (one modality, or every modality: the
-    multi-modal attack) and a positive budget; missing: one modality, no budget.
+    clean: nothing attacked, no budget; fgm / pgd / adaptive: a scope (one modality, or every modality:
+    the multi-modal attack) and a positive budget; missing: one modality, no budget.
     """
 
     kind: ThreatKind
@@ -78,7 +82,7 @@ class Threat:
     def __post_init__(self) -> None:
         if self.kind not in get_args(ThreatKind):
             raise ValueError(f"unknown threat kind {self.kind!r}; expected one of {get_args(ThreatKind)}")
-        attacks = self.kind in ("fgm", "pgd")
+        attacks = self.kind in ATTACK_KINDS
         if (self.kind == "clean") != (not self.attacked) or (self.kind == "missing" and len(self.attacked) != 1):
             raise ValueError(f"a {self.kind} threat cannot attack {self.attacked}")
         if attacks != (self.budget is not None) or (attacks and self.budget <= 0):
@@ -91,13 +95,14 @@ class Threat:
 
     @property
     def key(self) -> str:
-        """Its key in ``metrics.json``'s accuracies and ``per_sample.json``: ``clean``, ``fgm``, ``pgd``
-        (multi-modal), ``fgm_<m>``, ``pgd_<m>``, ``missing_<m>``."""
+        """Its key in ``metrics.json``'s accuracies and ``per_sample.json``: ``clean``, ``fgm``, ``pgd``,
+        ``adaptive`` (multi-modal), ``fgm_<m>``, ``pgd_<m>``, ``adaptive_<m>``, ``missing_<m>``."""
         return self.kind if self.kind == "clean" else self.kind + self.scope.suffix
 
     @property
     def title(self) -> str:
-        """Its column title in the tables: ``Clean``, ``FGM``, ``PGD-l2``, ``FGM <m>``, ``PGD-l2 <m>``, ``missing <m>``."""
+        """Its column title in the tables: ``Clean``, ``FGM``, ``PGD-l2``, ``Adaptive``, ``FGM <m>``, ``PGD-l2 <m>``,
+        ``Adaptive <m>``, ``missing <m>``."""
         kind = KIND_TITLES[self.kind]
         return kind if self.kind == "clean" or self.scope.multimodal else f"{kind} {self.attacked[0]}"
 

@@ -2,7 +2,7 @@
 
 Used by MMAT and CRMT-AT (baselines.md §6, §9.5). The official generator takes 5 joint
 l2-normalised steps of eps / 5 with eps = 0.1, in train mode and without projection or pixel
-clamping; here the same budget and steps run through :class:`~crmt.robustness.attacks.L2PGD`
+clamping; here the same budget and steps run through :class:`~crmt.robustness.pgd.L2PGD`
 (evaluation mode, so batch-norm statistics do not drift during the attack; projection onto the
 joint ball; frames clamped to valid pixels).
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from crmt.models.protocol import Batch
-from crmt.robustness.attacks import L2PGD, pixel_ranges_for
+from crmt.robustness.ball import Ball, pixel_ranges_for
+from crmt.robustness.pgd import L2PGD
 from crmt.strategies.base import MultiModalModule
 
 
@@ -37,6 +38,7 @@ def adversarial_batch(
     normalization = None
     if module._trainer is not None and module.trainer.datamodule is not None:
         normalization = getattr(module.trainer.datamodule, "pixel_normalization", None)
-    attack = L2PGD(eps, steps, step_fraction, random_start)
-    adversarial: Sequence = attack(module, module.inputs(batch), batch["label"], pixel_ranges_for(module.modalities, normalization))
+    inputs = module.inputs(batch)
+    ball = Ball.around(inputs, eps, pixel_ranges=pixel_ranges_for(module.modalities, normalization))
+    adversarial: Sequence = L2PGD(steps, step_fraction, random_start)(module, inputs, batch["label"], ball).adversarial
     return {**batch, **dict(zip(module.modalities, adversarial, strict=True))}
