@@ -327,3 +327,24 @@ def test_a_raised_check_heads_the_report_and_reads_back():
     assert report.splitlines()[2].startswith("**FLAGGED")
     assert "**FLAG**: the gradient-free attack broke samples that every gradient attack left standing: 3 of 100" in report
     assert RobustnessMetrics.from_json(metrics.to_json()) == metrics
+
+
+def test_the_adaptive_benchmark_counts_what_the_exact_distances_predict():
+    """benchmarks/adaptive.py's timing of one model: the suite's per-attack counts add up to the correctly
+    classified clips of each scope, and the clips left standing are those beyond the suite's reach."""
+    from benchmarks.adaptive import run_model
+
+    model = LinearModel()
+    inputs, labels = linear_samples(model, count=48)
+    eps = smallest_perturbation(model, inputs, labels, [0, 1]).median().item()
+    settings = RobustnessSettings(multimodal_eps=eps, unimodal_eps=2 * eps, curve_radii=(), certify=False,
+                                  adaptive=AdaptiveSettings(suite="quick", chunk=48, sanity_samples=8))
+    result = run_model(model, (inputs, labels, torch.arange(48)), [None, None], settings, 1, 16, 48)
+    assert result["suite_ratio"] == pytest.approx(result["suite"] / result["pgd_pass"])
+    assert result["checks_ratio"] == pytest.approx(result["checks"] / result["pgd_pass"])
+    assert len(result["sanity_checks"]) == 6
+    for key, attacked, budget in (("multimodal", [0, 1], eps), ("visual", [0], 2 * eps), ("audio", [1], 2 * eps)):
+        counts = result["broken_by"][key]
+        beyond = int((smallest_perturbation(model, inputs, labels, attacked) > budget).sum())
+        assert sum(counts.values()) == 48
+        assert abs(counts["standing"] - beyond) <= 1, (key, counts, beyond)

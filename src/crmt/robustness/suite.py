@@ -59,10 +59,12 @@ class SuiteSize:
 
 SUITES: dict[str, SuiteSize] = {
     "standard": SuiteSize(apgd_steps=100, restarts=1, targets=9, square_queries=5000),
+    "medium": SuiteSize(apgd_steps=25, restarts=1, targets=3, square_queries=300),
     "quick": SuiteSize(apgd_steps=10, restarts=1, targets=2, square_queries=100),
 }
 """The named sizes: ``standard`` is AutoAttack's (100 APGD iterations, 1 start, 9 targets, 5000 queries);
-``quick``, the quick start's (``make train``), is sized by the measurement in docs/robustness.md."""
+``medium``, a comparison over seeds on 2 CPU cores (about a tenth of ``standard``'s cost), and ``quick``,
+the quick start's (``make train``), are sized by the measurements in docs/robustness.md."""
 
 
 NO_SUITE = "none"
