@@ -125,11 +125,8 @@ class AdaptiveEvaluator:
 
     def _stacked_ball(self, budgets: Sequence[torch.Tensor], scopes: Sequence[Scope]) -> Ball:
         """The ball of the stacked rows: per block of rows its scope's modalities and its ``budgets``."""
-        attacked = torch.cat([
-            torch.tensor([name in scope.modalities for name in self.modalities]).expand(len(budget), -1)
-            for budget, scope in zip(budgets, scopes, strict=True)
-        ]).to(budgets[0].device)
-        return Ball(torch.cat(list(budgets)), attacked, self.pixel_ranges)
+        attacked = [[self.modalities.index(name) for name in scope.modalities] for scope in scopes]
+        return Ball.blocks(budgets, attacked, self.pixel_ranges)
 
     def attack_waiting(self) -> None:
         """Run the suite on every waiting sample in every scope, as one stacked batch."""

@@ -160,11 +160,8 @@ class Problem:
 
     def logits_at(self, points: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits (B, K), without gradients, at ``points`` (the moving modalities' inputs)."""
-        full = list(self.inputs)
-        for m, x in zip(self.moving, points, strict=True):
-            full[m] = x
         with torch.no_grad():
-            return self.partial.logits(full)
+            return self.partial.logits(self._inputs_at(points))
 
     def evaluate(self, delta: Sequence[torch.Tensor], loss: AttackLoss, targets: torch.Tensor | None = None) -> Evaluation:
         """``loss`` at ``clean + delta`` and its input gradients (one forward, one backward)."""
@@ -173,15 +170,19 @@ class Problem:
     def evaluate_at(self, points: Sequence[torch.Tensor], loss: AttackLoss, targets: torch.Tensor | None = None) -> Evaluation:
         """``loss`` at ``points`` (the moving modalities' inputs) and its input gradients."""
         points = [x.detach().requires_grad_(True) for x in points]
-        full = list(self.inputs)
-        for m, x in zip(self.moving, points, strict=True):
-            full[m] = x
-        logits = self.partial.logits(full)
+        logits = self.partial.logits(self._inputs_at(points))
         surrogate = (logits * loss.ascent(logits, self.labels, targets)).sum()
         gradients = torch.autograd.grad(surrogate, points, allow_unused=True)  # a modality no sample here attacks
         gradients = [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(points, gradients, strict=True)]
         logits = logits.detach()
         return Evaluation(loss.values(logits, self.labels, targets), gradients, logits)
+
+    def _inputs_at(self, points: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Every modality's input: ``points`` for the moving modalities, the clean inputs for the others."""
+        full = list(self.inputs)
+        for m, x in zip(self.moving, points, strict=True):
+            full[m] = x
+        return full
 
     def random_start(self, generator: torch.Generator | None) -> list[torch.Tensor]:
         """A Gaussian direction on each sample's attacked modalities scaled onto its ball's surface

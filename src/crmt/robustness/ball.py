@@ -106,10 +106,19 @@ class Ball:
         """Every sample of ``inputs`` within ``eps`` (a scalar or (B,)) on ``modalities`` (all when ``None``)."""
         size = inputs[0].shape[0]
         budget = torch.as_tensor(eps, dtype=inputs[0].dtype, device=inputs[0].device).expand(size).clone()
-        attacked = torch.zeros(size, len(inputs), dtype=torch.bool, device=inputs[0].device)
-        attacked[:, slice(None) if modalities is None else list(modalities)] = True
         ranges = tuple(pixel_ranges) if pixel_ranges is not None else (None,) * len(inputs)
-        return cls(budget, attacked, ranges)
+        return cls.blocks([budget], [range(len(inputs)) if modalities is None else modalities], ranges)
+
+    @classmethod
+    def blocks(cls, budgets: Sequence[torch.Tensor], attacked: Sequence[Sequence[int]], pixel_ranges: PixelRanges) -> Ball:
+        """Blocks of samples stacked into one ball: the samples of block j have the budgets ``budgets[j]``
+        (B_j,) on the modalities ``attacked[j]``; one pixel range per modality."""
+        masks = []
+        for budget, modalities in zip(budgets, attacked, strict=True):
+            mask = torch.zeros(budget.shape[0], len(pixel_ranges), dtype=torch.bool, device=budget.device)
+            mask[:, list(modalities)] = True
+            masks.append(mask)
+        return cls(torch.cat(list(budgets)), torch.cat(masks), tuple(pixel_ranges))
 
     @property
     def size(self) -> int:

@@ -77,8 +77,10 @@ class BatchAttacks:
         index = [a.rows.nonzero().squeeze(1) for a in attacks]
         modalities = range(len(self.inputs))
         clean = [torch.cat([x[i] for i in index]) for x in self.inputs]
-        mask = torch.cat([self._mask(a.attacked, len(i)) for a, i in zip(attacks, index, strict=True)])
-        eps = torch.cat([torch.full((len(i),), float(a.eps), dtype=clean[0].dtype, device=clean[0].device) for a, i in zip(attacks, index, strict=True)])
+        ball = Ball.blocks(
+            [torch.full((len(i),), float(a.eps), dtype=clean[0].dtype, device=clean[0].device) for a, i in zip(attacks, index, strict=True)],
+            [a.attacked for a in attacks], self.pixel_ranges,
+        )
         labels = torch.cat([self.labels[i] for i in index])
         start = None
         if attacks[0].start is not None:
@@ -87,7 +89,7 @@ class BatchAttacks:
         if labels.shape[0]:
             rows = torch.cat(index)
             result = attack(
-                self.model, clean, labels, Ball(eps, mask, self.pixel_ranges), start=start,
+                self.model, clean, labels, ball, start=start,
                 clean=CleanPass(self.logits[rows], [g[rows] for g in self.gradients], [f[rows] for f in self.features]),
                 generator=self.generator,
             )
@@ -124,11 +126,6 @@ class BatchAttacks:
                     still[rows] = self.model.fuse(features).logits.argmax(dim=1) == self.labels[rows]
                 results.append(still)
         return results
-
-    def _mask(self, attacked: Sequence[int], rows: int) -> torch.Tensor:
-        mask = torch.zeros(rows, len(self.inputs), dtype=torch.bool, device=self.clean.device)
-        mask[:, list(attacked)] = True
-        return mask
 
     def rescaled(self, attacked: Sequence[int], adversarial: Sequence[torch.Tensor], radius: float) -> list[torch.Tensor]:
         """Full-size inputs whose attacked modalities carry ``adversarial``'s perturbation rescaled to ``radius``."""

@@ -80,7 +80,8 @@ class AdaptiveSettings:
             it off, as jsonargparse cannot set an argument nested in a callback list to null).
         chunk: samples attacked together (each in every scope); larger chunks make Square's sequential
             queries cheaper per sample and cost memory.
-        sanity_samples: the first samples of each rank on which the large-budget and convergence checks run.
+        sanity_samples: the samples on which the randomness, large-budget and convergence checks run: the
+            dataset indices spread evenly over the split when its size is known, else the first ones of each rank.
         convergence_tolerance: the convergence check is raised when the suite at twice its size lowers the
             accuracy of the checked samples (the sanity samples, in every scope) by more than this.
         large_budget_tolerance: the large-budget check is raised when more than this share of the checked
