@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXP ?= crmt_jt
 CKPT ?=
+RUN ?=
 RESUME ?=
 EXPS ?=
 SWEEP ?= crmt_rho
@@ -18,11 +19,12 @@ SEEDS ?= 1
 SUITE ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval compare sweep agent validate test test-full bench bench-scale clean prepare
+.PHONY: help install train eval validate predict compare sweep agent test test-full bench bench-scale clean prepare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: EXP=<experiment name in experiments/> ARGS='<LightningCLI overrides>' PYTHON=python3"
+	@echo "             RUN=<run id or folder under runs/crmt/> CKPT=last|best|<file> (eval, validate, predict)"
 	@echo "             DATA=<data config in experiments/data/> (default: the embedded data; train, eval, validate, compare)"
 	@echo "             SCALE=<experiments/scale/ name> (default: paper for a real dataset, none for embedded* and manifest; SCALE= for none)"
 	@echo "             DATA=ks|vggsound|ucf101|cremad ROOT=<downloaded media folder> WORKERS=<decoding processes> (make prepare)"
@@ -38,13 +40,23 @@ install: $(STAMP) ## create/update the virtual environment in .venv
 # The --config files of EXP on DATA (at SCALE), composed by src/crmt/experiments.py (as for make compare).
 CONFIGS = $(shell $(BIN)/python -m crmt.experiments $(EXP) $(if $(DATA),--data $(DATA)) $(if $(filter-out undefined default,$(origin SCALE)),--scale '$(SCALE)'))
 CONFIG_ERROR = $(error no configuration for EXP=$(EXP) $(if $(DATA),DATA=$(DATA)): see the message above)
+DATA_CONFIG = $(shell $(BIN)/python -c "from crmt.experiments import data_config; print(data_config('$(DATA)'))")
+# eval/validate: RUN= rebuilds that run from its own config.yaml (CKPT= names the checkpoint: last, best or a file);
+# without RUN, the configs of EXP (and DATA) with CKPT=<checkpoint file>, refused if written by another experiment.
+FROM_RUN_OR_EXP = $(if $(RUN),--run $(RUN) $(if $(CKPT),--checkpoint $(CKPT)),$(if $(CKPT),$(or $(CONFIGS),$(CONFIG_ERROR)) --ckpt_path $(CKPT),$(error make $(1) needs RUN=<run id or folder> (or EXP=<experiment> CKPT=<checkpoint file>))))
 
 train: $(STAMP) ## train experiments/$(EXP).yaml (fit, then test) on DATA, e.g. make train EXP=crmt_at DATA=ks ARGS="--trainer.max_epochs 3"; RESUME=last continues the newest run of the same configs
 	$(BIN)/python -m crmt fit $(or $(CONFIGS),$(CONFIG_ERROR)) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
 
-eval: $(STAMP) ## robustness report of a checkpoint: make eval EXP=crmt_jt [DATA=...] CKPT=runs/crmt/<id>/checkpoints/last.ckpt
-	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<checkpoint path>"; exit 2; }
-	$(BIN)/python -m crmt test $(or $(CONFIGS),$(CONFIG_ERROR)) --ckpt_path $(CKPT) $(ARGS)
+eval: $(STAMP) ## robustness report of a finished run, rebuilt from its folder: make eval RUN=<run id or folder> [CKPT=last|best|<file>] (into <run>/eval/<checkpoint>/); or EXP=... [DATA=...] CKPT=<file>
+	$(BIN)/python -m crmt test $(call FROM_RUN_OR_EXP,eval) $(ARGS)
+
+validate: $(STAMP) ## validation metrics of a finished run: make validate RUN=<run id or folder> [CKPT=last|best|<file>]; or EXP=... CKPT=<file>
+	$(BIN)/python -m crmt validate $(call FROM_RUN_OR_EXP,validate) $(ARGS)
+
+predict: $(STAMP) ## one row per clip (class, probabilities, smoothed class or abstain) into <run>/predictions/<checkpoint>.csv: make predict RUN=<run id or folder> [CKPT=...] [DATA=<data config>, e.g. your manifest's]
+	@test -n "$(RUN)" || { echo "make predict needs RUN=<run id or folder> (see runs/crmt/)"; exit 2; }
+	$(BIN)/python -m crmt predict --run $(RUN) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(DATA),--config $(call DATA_CONFIG)) $(ARGS)
 
 compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 on DATA (default: embedded; a real dataset at the paper's scale): mean +/- std tables, orderings judged on the adaptive suite (SUITE=, default standard): make compare EXPS="jt crmt_jt crmt_at" SEEDS=3
 	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(DATA),--data $(DATA)) $(if $(SUITE),--suite $(SUITE)) $(if $(ARGS),--args "$(ARGS)")
@@ -55,9 +67,6 @@ sweep: $(STAMP) ## create the W&B sweep experiments/sweeps/$(SWEEP).yaml (needs 
 agent: $(STAMP) ## run trials of a created sweep with this project's Python: make agent SWEEP_ID=<entity/project/id>
 	@test -n "$(SWEEP_ID)" || { echo "make agent needs SWEEP_ID=<entity/project/id> (printed by make sweep)"; exit 2; }
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/wandb agent $(SWEEP_ID)
-
-validate: $(STAMP) ## validate a checkpoint: make validate EXP=crmt_jt [DATA=...] ARGS="--ckpt_path runs/.../last.ckpt"
-	$(BIN)/python -m crmt validate $(or $(CONFIGS),$(CONFIG_ERROR)) $(ARGS)
 
 prepare: $(STAMP) ## decode a dataset once into its cache (resumable): make prepare DATA=ks ROOT=/data/ks/videos [ARGS="--set train_list=..."]
 	@test -n "$(DATA)" || { echo "make prepare needs DATA=ks|vggsound|ucf101|cremad (the data config experiments/data/<DATA>.yaml)"; exit 2; }

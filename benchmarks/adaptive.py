@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.progress import note
 from benchmarks.report import report_settings, train
 from benchmarks.scale import clock, device_info, emit, pick_device
 from crmt.cli import DEFAULTS_FILE as DEFAULTS
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model in models.items():
         ranges = pixel_ranges_for(model.modalities, data.pixel_normalization)
         clips = spread_clips(data, model, options.clips, device)
+        note("adaptive", f"{name}: the PGD pass, the suite and its sanity checks, {options.repeats} round(s)")
         started = time.perf_counter()
         result = run_model(model, clips, ranges, settings, options.repeats, 16, dataset_size)
         results["models"][name] = result

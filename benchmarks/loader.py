@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.progress import note
 from benchmarks.run import interleaved_median_seconds
 from data_modules import KineticsSoundsDataModule
 from data_modules.cache import ClipCache
@@ -169,6 +170,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     args = parser.parse_args(argv)
 
+    note("loader", f"{args.clips} fake {args.seconds:g} s clips in {args.work_dir} (generated once, reused), then the "
+                   f"loader with {args.workers} workers: {'' if args.cache_only else 'decoding on the fly, '}"
+                   f"preparing the cache, reading it{', the cache layouts' if args.layout_rounds else ''}"
+                   f"{'' if args.cache_only else ', a training step'}")
     dataset = make_dataset(args.work_dir, args.clips, args.seconds, processes=max(args.workers, 1))
     cache_dir = args.work_dir / "cache"
     if not args.cache_only:
@@ -187,8 +192,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     results: dict[str, object] = {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), **vars(args)}
     if not args.cache_only:
+        note("loader", f"decoding on the fly, {args.epochs} pass{'' if args.epochs == 1 else 'es'}")
         results["on_the_fly"] = loader_throughput(module(None), args.epochs)
     cached = module(cache_dir)
+    note("loader", "preparing the cache")
     start = time.perf_counter()
     report = cached.prepare_cache(workers=args.workers, progress=False)
     prepare_seconds = time.perf_counter() - start
@@ -199,10 +206,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "failed": len(report.failed),
         "cache_mb_per_clip": folder_megabytes(cache_dir) / max(len(list(cache_dir.rglob("*.npz"))), 1),
     }
+    note("loader", f"reading the cache, {args.epochs} pass{'' if args.epochs == 1 else 'es'}")
     results["from_cache"] = loader_throughput(cached, args.epochs)
     if args.layout_rounds:
+        note("loader", f"one sample read from the cache in this process against the first layout, {args.layout_rounds} round(s)")
         results["cache_layout"] = layout_comparison(cached, args.work_dir / "cache-whole-frames", args.layout_rounds)
     if not args.cache_only:
+        note("loader", f"CRMT-JT training steps (ResNet18 width 64, batch {args.batch}), 1 warm-up + {args.steps}")
         results["training"] = training_throughput(cached.input_shapes, args.batch, args.steps)
     results = {key: str(value) if isinstance(value, Path) else value for key, value in results.items()}
 

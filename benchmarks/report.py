@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmarks.progress import Rounds, note
 from crmt.cli import DEFAULTS_FILE as DEFAULTS
 from crmt.cli import main as crmt_main
 from crmt.models.protocol import Batch, MultiModalModel
@@ -44,9 +45,7 @@ from data_modules import EmbeddedAVDataModule
 
 def report_settings(config: Path) -> RobustnessSettings:
     """The settings of the ``RobustnessReport`` callback in ``config`` (those of every embedded experiment)."""
-    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
-    report = next(c for c in callbacks if c["class_path"] == "crmt.callbacks.RobustnessReport")
-    settings = report.get("init_args", {}).get("settings", {})
+    settings = yaml.safe_load(config.read_text())["report"].get("settings", {})
     return RobustnessSettings.from_json(settings)
 
 
@@ -77,14 +76,19 @@ def report_pass(
         write_report(evaluator.finalize(), Path(folder), "bench")
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def interleaved_medians(candidates: dict[str, Callable[[], None]], repeats: int, what: str = "") -> dict[str, float]:
+    """Median seconds of each candidate over ``repeats`` rounds after a warm-up; one line per round as it goes."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    rounds = Rounds("report", what, repeats + 1)
     for round_index in range(repeats + 1):
-        for name, run in candidates.items():
+        rounds.start(round_index)
+        for number, (name, run) in enumerate(candidates.items()):
             start = time.perf_counter()
             run()
+            seconds = time.perf_counter() - start
+            rounds.done(name, seconds, number == len(candidates) - 1)
             if round_index:  # the first round warms up
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -94,12 +98,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/report.json"))
     options = parser.parse_args(argv)
+    note("report", "training jt and crmt_jt on the embedded data (about 1 min)")
     models = {name: train(name, options.root) for name in ("jt", "crmt_jt")}
     data = EmbeddedAVDataModule(root=options.root)
     data.prepare_data()
     data.setup("test")
     loader = data.test_dataloader()
     settings = report_settings(DEFAULTS)
+    adaptive = f"the {settings.adaptive.suite!r} adaptive suite" if settings.adaptive is not None else "no adaptive suite"
+    smoothing = (f"smoothing of {settings.smoothing.samples or 'every'} clips" if settings.smoothing is not None
+                 else "no smoothing")
+    note("report", f"per model, 1 warm-up + {options.repeats} rounds of one l2-PGD pass and the full report "
+                   f"(experiments/defaults.yaml's settings: {adaptive}, {smoothing}; minutes per report on 2 cores)")
     results = {"test_clips": len(loader.dataset), "threads": torch.get_num_threads(), "models": {}}
     print(f"report vs one l2-PGD pass: embedded test split ({len(loader.dataset)} clips), "
           f"{torch.get_num_threads()} threads, {options.repeats} rounds")
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "pgd_pass": lambda: pgd_pass(model, map(data.normalize, loader), ranges, settings.multimodal_eps),
                 "report": lambda: report_pass(model, map(data.normalize, loader), ranges, settings),
             },
-            options.repeats,
+            options.repeats, name,
         )
         ratio = seconds["report"] / seconds["pgd_pass"]
         results["models"][name] = {**seconds, "ratio": ratio}

@@ -55,7 +55,7 @@ def fit(experiment: str, folder: Path, data_root: Path, extra: list[str], ddp: b
         "--data.init_args.test_per_class=20",
         "--trainer.logger=false",
         f"--trainer.default_root_dir={folder}",
-        f"--report_dir={folder / 'report'}",
+        f"--report.output_dir={folder / 'report'}",
         f"--trainer.max_epochs={EPOCHS}",
         "--trainer.callbacks+=benchmarks.resume_check.EpochSnapshots",
         *(["--model.init_args.step1_epochs=2", "--model.init_args.step2_epochs=2"] if experiment.startswith("crmt") else []),

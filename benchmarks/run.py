@@ -22,25 +22,33 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.progress import Rounds, note
 from crmt.models.encoders import FrameEncoder, SpectrogramEncoder
 from crmt.robustness.certify import runner_up_bound
 from crmt.robustness.lipschitz import score_gradient_norms
 from crmt.models.heads import OrthogonalFusion
 
 
-def interleaved_median_seconds(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def interleaved_median_seconds(
+    candidates: dict[str, Callable[[], object]], repeats: int, tag: str | None = None, what: str = "",
+) -> dict[str, float]:
     """Median wall time of each candidate over ``repeats`` rounds, after one warm-up round.
 
     Each round runs every candidate once, so slow drifts of the machine (frequency, other
-    load) affect all candidates alike and the ratios stay fair.
+    load) affect all candidates alike and the ratios stay fair. With ``tag``, one line per round
+    (``what``, then each candidate's seconds as it finishes: :class:`benchmarks.progress.Rounds`).
     """
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    rounds = Rounds(tag, what, repeats + 1)
     for round_index in range(repeats + 1):
-        for name, fn in candidates.items():
+        rounds.start(round_index)
+        for number, (name, fn) in enumerate(candidates.items()):
             start = time.perf_counter()
             fn()
+            seconds = time.perf_counter() - start
+            rounds.done(name, seconds, number == len(candidates) - 1)
             if round_index > 0:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -77,7 +85,7 @@ def bench_tau(args: argparse.Namespace) -> dict[str, float]:
             "tau_official_style_s": lambda: official_style_norms(encoder, weight, inputs),
             "tau_lower_limit_s": lower_limit,
         },
-        args.repeats,
+        args.repeats, "run", "tau~",
     )
     reference = score_gradient_norms(score_fn, inputs, "loop")[1]
     torch.testing.assert_close(official_style_norms(encoder, weight, inputs), reference, rtol=1e-4, atol=1e-6)
@@ -121,7 +129,8 @@ def bench_step2(args: argparse.Namespace) -> dict[str, float]:
         for _ in range(args.step2_epochs):
             update(encode(), optimizer)
 
-    return interleaved_median_seconds({"step2_cached_s": cached, "step2_recomputed_s": recomputed}, args.repeats)
+    return interleaved_median_seconds({"step2_cached_s": cached, "step2_recomputed_s": recomputed}, args.repeats,
+                                      "run", "step 2")
 
 
 def parse_args() -> argparse.Namespace:
@@ -143,7 +152,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    results = {"threads": torch.get_num_threads(), **bench_tau(args), **bench_step2(args)}
+    threads = torch.get_num_threads()
+    note("run", f"tau~ estimator (ResNet18 audio, width {args.width}, K={args.classes}, batch {args.batch}, input "
+                f"1x{args.mel_bins}x{args.audio_frames}, {threads} threads): 4 methods x (1 warm-up + {args.repeats}) "
+                "rounds, then step 2 on cached scores against recomputed ones, as many rounds "
+                "(at the default sizes about 3.5 min on 2 quiet cores, several times that on busy ones)")
+    results = {"threads": threads, **bench_tau(args), **bench_step2(args)}
     ratios = {
         "official_style / loop": results["tau_official_style_s"] / results["tau_loop_s"],
         "loop / lower_limit": results["tau_loop_s"] / results["tau_lower_limit_s"],

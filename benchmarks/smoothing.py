@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.progress import note
 from benchmarks.scale import PAPER, TINY, build_model, clock, device_info, emit, pick_device, synthetic_batches
 from crmt.robustness.attack import predict
 from crmt.robustness.ball import Ball
@@ -56,8 +57,11 @@ def certify_seconds(
         start = clock(inputs[0].device)
         for number, noised in enumerate(scopes):
             certify(model, sample, noised, settings, noise_generator(settings.seed, i, number, noise_device))
+        seconds = clock(inputs[0].device) - start
+        note("smoothing", f"clip {i + 1}/{clips + 1}{' (warm-up)' if i == 0 else ''}, noise on the {noise_device.type}: "
+                          f"{seconds:.2f} s")
         if i > 0:
-            times.append(clock(inputs[0].device) - start)
+            times.append(seconds)
     return statistics.median(times)
 
 
@@ -85,6 +89,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if args.clips >= sizes.batch:
         raise SystemExit(f"--clips must be below the batch size {sizes.batch} (one clip warms up)")
     settings = SmoothingSettings(sigma=args.sigma, n0=args.n0, n=args.n, batch=args.draws_per_pass)
+    note("smoothing", f"CERTIFY of 1 warm-up + {args.clips} clips at {args.sizes} sizes on the {device.type} "
+                      f"(n0 {args.n0} + n {args.n} draws, {len(sizes.input_shapes) + 1} scopes), then {args.repeats} "
+                      "l2-PGD passes")
     certify_s = certify_seconds(model, batch, settings, args.clips, device)
     host_s = certify_seconds(model, batch, settings, args.clips, torch.device("cpu")) if device.type == "cuda" else None
     pgd_s = pgd_seconds_per_clip(model, batch, args.eps, args.repeats)

@@ -24,7 +24,7 @@ from data_modules.augment import CROP_SUFFIX, crop_resize_flip, draw_crops
 from data_modules.cache import CacheReadError, ClipArray, ClipCache, take_steps
 from data_modules.decoding import ClipDecodeError, decode_audio, decode_sampled, probe_media, sample_frame_indices
 from data_modules.features import channels_first, kaldi_fbank, normalize_fbank, normalize_pixels
-from data_modules.manifest import ClipRecord, read_manifest
+from data_modules.manifest import PREDICT_SPLIT, ClipRecord, read_manifest
 from data_modules.prepare_clips import PrepareReport, prepare_clips
 
 BadClipPolicy = Literal["raise", "skip"]
@@ -34,7 +34,7 @@ _STAGE_SPLITS: Final[dict[str | None, tuple[str, ...]]] = {
     "fit": ("train", "val"),
     "validate": ("val",),
     "test": ("test",),
-    "predict": ("test",),
+    "predict": ("test",),  # or the "predict" split when the records have one (setup)
     None: ("train", "val", "test"),
 }
 _LISTED_BAD_CLIPS: Final = 5
@@ -238,8 +238,9 @@ class ClipDataset(Dataset[Sample | None]):
     :func:`collate_clips` drops those.
 
     :attr:`media` switches the inputs off: a sample is then only its ``label`` and ``index`` and
-    nothing is read or decoded (CRMT's step 2 reads its cached scores by index). The switch lives
-    in shared memory, so DataLoader workers see it from their next item.
+    nothing is read or decoded (CRMT's step 2 reads its cached scores by index; it switches through
+    :meth:`MediaDataModule.set_training_media`). The switch lives in shared memory, so DataLoader
+    workers see it from their next item.
     """
 
     def __init__(
@@ -368,6 +369,10 @@ class MediaDataModule(L.LightningDataModule):
     fail later, while a batch is loaded. An empty test split, or an empty validation split while
     validation is on, is an error naming the split.
 
+    The model-facing declarations: ``num_classes``, :attr:`input_shapes` and :attr:`pixel_normalization`
+    (which the CLI links into the model), and :meth:`set_training_media` (CRMT's step 2 turns the
+    training samples' inputs off with it).
+
     ``persistent_workers`` keeps the DataLoader workers alive between epochs (off by default; on a
     16-core GPU machine it read the cache 2.2x faster, see docs/scaling.md).
 
@@ -412,6 +417,7 @@ class MediaDataModule(L.LightningDataModule):
         self.unusable_clips: list[tuple[str, str]] = []
         self.skip_log = SkipLog()
         self.datasets: dict[str, ClipDataset] = {}
+        self._predict_split = "test"
 
     def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
         """Lightning's (from the calling ``__init__``), with dataclass arguments such as ``clip`` kept as
@@ -443,9 +449,10 @@ class MediaDataModule(L.LightningDataModule):
 
     @property
     def pixel_normalization(self) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
-        """(mean, std) per channel of the modalities whose raw values are pixels in [0, 1].
+        """(mean, std) per channel of the modalities whose raw values are pixels in [0, 1] (``{}`` when none).
 
-        Attacks use it to keep perturbed frames valid images; audio has no such range.
+        Linked into the model by the CLI (:class:`crmt.models.protocol.PixelData`): attacks use it to keep
+        perturbed frames valid images; audio has no such range.
         """
         return self.settings.pixel_normalization
 
@@ -468,14 +475,27 @@ class MediaDataModule(L.LightningDataModule):
         """Every batch the Trainer (or a strategy's ``batch_to_device``) moves to the device: :meth:`normalize`."""
         return self.normalize(batch)
 
+    def set_training_media(self, enabled: bool) -> None:
+        """Whether the training split's samples carry their inputs (``True``, the default) or only ``label`` and
+        ``index``, nothing read or decoded (``False``; :attr:`ClipDataset.media`): the data module's side of
+        :class:`crmt.models.protocol.MediaSwitchable`, which CRMT's step 2 uses. DataLoader workers, persistent
+        ones included, see the switch from their next item."""
+        if "train" not in self.datasets:
+            raise RuntimeError("the 'train' split is not set up; call setup('fit') first")
+        self.datasets["train"].media = enabled
+
     def setup(self, stage: str | None = None) -> None:
         """Read the splits and build (once) the datasets of the splits ``stage`` needs."""
         if stage not in _STAGE_SPLITS:
             raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(map(str, _STAGE_SPLITS))}")
-        splits = [split for split in _STAGE_SPLITS[stage] if split not in self.datasets]
+        records = self.read_records() if stage == "predict" else None
+        if records is not None:
+            self._predict_split = PREDICT_SPLIT if any(r.split == PREDICT_SPLIT for r in records) else "test"
+        wanted = (self._predict_split,) if stage == "predict" else _STAGE_SPLITS[stage]
+        splits = [split for split in wanted if split not in self.datasets]
         if not splits:
             return
-        records = self.read_records()
+        records = self.read_records() if records is None else records
         if self.cache is not None and not self.cache.exists():
             rank_zero_info(f"no preprocessing cache at {self.cache.folder}; decoding clips on the fly")
         for split in splits:
@@ -571,7 +591,16 @@ class MediaDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader(self._predict_split, shuffle=False)
+
+    def predict_split(self) -> str:
+        """What ``predict`` reads: the ``predict`` split when the records have one (clips to predict, labels
+        optional), else the test split (:class:`crmt.callbacks.predictions.ClipNames`)."""
+        return self._predict_split
+
+    def clip_name(self, split: str, index: int) -> str:
+        """The media file of sample ``index`` of ``split``."""
+        return str(self.datasets[split].records[index].path)
 
 
 class ClipDataModule(MediaDataModule):

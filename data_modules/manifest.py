@@ -1,4 +1,8 @@
-"""The clip manifest: a CSV file with header ``path,label,split``, one clip per row."""
+"""The clip manifest: a CSV file with header ``path,label,split``, one clip per row.
+
+Rows of the ``predict`` split are clips to predict (``python -m crmt predict``); their label may be left
+empty (unknown, :data:`UNKNOWN_LABEL`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from pathlib import Path
 from typing import Final
 
 SPLITS: Final = ("train", "val", "test")
+PREDICT_SPLIT: Final = "predict"
+UNKNOWN_LABEL: Final = -1
+"""The label of a ``predict`` row whose label is left empty."""
 COLUMNS: Final = ("path", "label", "split")
 
 
@@ -44,7 +51,8 @@ def read_manifest(path: str | os.PathLike[str], num_classes: int | None = None) 
     """Read every row of the manifest at ``path``.
 
     Relative clip paths are resolved against the manifest's folder. Labels must be integers
-    ``>= 0`` (and ``< num_classes`` when given); splits one of ``train``, ``val``, ``test``.
+    ``>= 0`` (and ``< num_classes`` when given), or empty in the ``predict`` split (unknown); splits one of
+    ``train``, ``val``, ``test``, ``predict``.
     """
     manifest = Path(path)
     if not manifest.is_file():
@@ -65,6 +73,8 @@ def _record(manifest: Path, line: int, row: dict[str, str], num_classes: int | N
     clip, label_text, split = (row[column] for column in COLUMNS)
     if not clip:
         raise ManifestError(f"{where}: empty path")
+    if split == PREDICT_SPLIT and not label_text.strip():
+        return ClipRecord(path=manifest.parent / clip, label=UNKNOWN_LABEL, split=split)
     try:
         label = int(label_text)
     except (TypeError, ValueError):
@@ -72,6 +82,6 @@ def _record(manifest: Path, line: int, row: dict[str, str], num_classes: int | N
     if label < 0 or (num_classes is not None and label >= num_classes):
         bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
         raise ManifestError(f"{where}: label {label} is outside {bound} (num_classes={num_classes})")
-    if split not in SPLITS:
-        raise ManifestError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    if split not in (*SPLITS, PREDICT_SPLIT):
+        raise ManifestError(f"{where}: split {split!r} is not one of {', '.join((*SPLITS, PREDICT_SPLIT))}")
     return ClipRecord(path=manifest.parent / clip, label=label, split=split)

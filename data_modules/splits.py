@@ -2,7 +2,7 @@
 
 Each reader returns :class:`SplitEntry` s (a clip name and a class index); the data modules
 then find the media files (see :mod:`data_modules.media`). Formats (see
-``shared/data/splits/README.md``):
+docs/datasets.md, "Split-file formats"):
 
 - Kinetics-Sounds, CRMT lists: ``<clip name> <label 0..30>`` (space separated);
   OGM-GE lists: ``<clip name>,<duration s>,<label 0..30>``; Kinetics annotation CSVs:

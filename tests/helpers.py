@@ -57,16 +57,22 @@ class TensorAVDataModule(LightningDataModule):
         return self.val_dataloader()
 
 
+def subprocess_environment(**extra: str) -> dict[str, str]:
+    """The environment of a ``python -m crmt`` subprocess: offline W&B and this process's variables, except
+    WANDB_SERVICE, which wandb sets when a test ran W&B in this process: a child would attach to this
+    process's W&B service, where a run that a killed child left open keeps its id "in use" for a resume."""
+    return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline", **extra}
+
+
 TINY_SMOOTHING = {"n0": 8, "n": 64, "batch": 64, "samples": 2}
 """Randomized-smoothing settings that keep the report of a test's CLI run cheap and still smooth end to end
 (experiments/defaults.yaml certifies 16 clips with 64 + 1000 draws in each of 3 scopes)."""
 
 TINY_SMOOTHING_ARGS = [
-    f"--trainer.callbacks.init_args.settings.smoothing.{key}={value}" for key, value in TINY_SMOOTHING.items()
+    f"--report.settings.smoothing.{key}={value}" for key, value in TINY_SMOOTHING.items()
 ]
 """``TINY_SMOOTHING`` as command-line overrides for every test that runs ``crmt fit`` or ``crmt test`` with
-experiments/defaults.yaml. ``--trainer.callbacks.init_args`` sets the LAST callback of the list (jsonargparse),
-the defaults' RobustnessReport: pass these before any ``--trainer.callbacks+=`` that appends one."""
+experiments/defaults.yaml (the ``report`` callback's settings)."""
 
 
 def make_trainer(max_epochs: int, tmp_path=None, callbacks=(), **kwargs) -> Trainer:

@@ -81,7 +81,7 @@ def linear_samples(model: LinearModel, count: int = 120, seed: int = 1) -> tuple
 
 def smallest_perturbation(model: LinearModel, inputs, labels, attacked: list[int]) -> torch.Tensor:
     """(B,) min over j != y of (h_y - h_j) / (scale ||(W_y - W_j)_S||), S the attacked modalities' columns:
-    the l2 distance to the nearest decision boundary (adaptive_attacks.md, exact references)."""
+    the l2 distance to the nearest decision boundary (docs/robustness.md, "Adaptive evaluation")."""
     logits = model(inputs).logits / model.scale
     distances = torch.full((len(labels),), float("inf"))
     for j in range(CLASSES):

@@ -61,6 +61,25 @@ def test_training_inputs_are_adversarial_within_the_joint_budget(strategy):
         assert all(not torch.equal(t, c) for t, c in zip(trained, clean)), "both modalities are perturbed"
 
 
+def test_adversarial_training_clamps_frames_with_the_model_own_pixel_ranges():
+    """The pixel ranges are the model's (``pixel_normalization``, linked from the data module by the CLI), not looked
+    up on the data module: this one declares none, and the frames still stay valid pixels; audio is not clamped."""
+    seed_everything(0)
+    data = TensorAVDataModule(train_size=16, val_size=8)
+    model = MultiModalAdversarialTraining(
+        num_classes=3, input_shapes=data.input_shapes, encoder_width=4, at_eps=20.0, at_steps=2, at_step_fraction=1.0,
+        optimizer=partial(torch.optim.Adam, lr=1e-2), pixel_normalization={"visual": ((0.5,) * 3, (0.25,) * 3)},
+    )
+    recorder = TrainingInputRecorder()
+    fit_tiny(model, data, epochs=1, callbacks=[recorder])
+    clean_visual = torch.cat([clean[0] for clean in recorder.clean])
+    visual, audio = (torch.cat(inputs) for inputs in zip(*recorder.trained_on))
+    assert (clean_visual.abs() > 2).any(), "some clean values lie outside the range, so clamping shows"
+    assert visual.min() >= -2 - 1e-5 and visual.max() <= 2 + 1e-5, "(p - 0.5) / 0.25 of p in [0, 1]"
+    assert (visual.abs() > 2 - 1e-4).any()
+    assert audio.abs().max() > 2, "audio has no pixel range"
+
+
 def test_invalid_adversary_settings_are_named():
     with pytest.raises(ValueError, match="at_eps"):
         MultiModalAdversarialTraining(num_classes=3, input_shapes=TensorAVDataModule.input_shapes, at_eps=0.0)

@@ -35,7 +35,7 @@ from crmt.strategies import (
     MultiModalTransformer,
     PrototypicalModalRebalance,
 )
-from crmt.strategies.gb import blend_weights
+from crmt.strategies.gb import BranchFit, ForkData, blend_weights
 from crmt.strategies.msefm import ista_codes, ista_step_size
 from crmt.strategies.ogm import modulation_coefficients, uni_modal_confidence
 from crmt.strategies.pmr import prototype_logits
@@ -322,6 +322,55 @@ def test_gb_estimates_weights_every_super_epoch_from_forks_and_blends_the_branch
     for name, expected in zip(("visual", "audio", "fused"), ce, strict=True):
         torch.testing.assert_close(parts[f"ce_{name}"], expected)
     torch.testing.assert_close(loss, sum(w * c for w, c in zip(model.blend, ce, strict=True)))
+
+
+class PixelTensorData(TensorAVDataModule):
+    """Visual inputs as uint8 pixels, normalised on the device by the data module's transfer hook (as the clip
+    data modules do); counts the batches each of its transfer hooks saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for dataset in (self.train_set, self.val_set):
+            dataset.visual = (torch.sigmoid(dataset.visual) * 255).round().to(torch.uint8)
+        self.hook_calls = {"before": 0, "transfer": 0, "after": 0}
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        self.hook_calls["before"] += 1
+        return batch
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        self.hook_calls["transfer"] += 1
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        self.hook_calls["after"] += 1
+        return {**batch, "visual": (batch["visual"].float() / 255 - 0.5) / 0.25}
+
+
+def test_gb_forks_get_their_batches_through_the_run_data_module_hooks_as_the_run_does(tmp_path, monkeypatch):
+    """The forks' Trainer fits on a ForkData: a subset of the run's training samples whose batches pass through the
+    run's data module's transfer hooks, run by Lightning (the fork itself does nothing to its batches)."""
+    seed_everything(0)
+    data = PixelTensorData()
+    seen = []
+    step = BranchFit.training_step
+
+    def spy(fork, batch, batch_idx):
+        fork_data = fork.trainer.datamodule
+        seen.append((type(fork_data), fork_data.source, batch["visual"].dtype, len(fork_data.train_dataloader().dataset)))
+        return step(fork, batch, batch_idx)
+
+    monkeypatch.setattr(BranchFit, "training_step", spy)
+    model = GradientBlending(
+        num_classes=3, input_shapes=SHAPES, encoder_width=4, optimizer=ADAM, super_epoch=1, estimation_epochs=1,
+        holdout_fraction=0.25,
+    )
+    make_trainer(1, tmp_path, limit_val_batches=0).fit(model, datamodule=data)
+    # 3 forks x 1 epoch x 18 training-part samples in batches of 8
+    assert seen == [(ForkData, data, torch.float32, 18)] * 9
+    # the Trainers' loops: the run's 3 training batches and the forks' 9; the run's strategy also moves (transfer and
+    # after-transfer hooks) the batches of the forks' losses: 1 held-out and 1 probe batch, before and after each fit
+    assert data.hook_calls == {"before": 3 + 9, "transfer": 3 + 9 + 3 * 2 * 2, "after": 3 + 9 + 3 * 2 * 2}
 
 
 # --------------------------------------------------------------------------- PMR

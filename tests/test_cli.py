@@ -16,7 +16,7 @@ from wandb.proto import wandb_internal_pb2
 
 from crmt.cli import main
 from crmt.robustness.smoothing import evenly_spaced
-from helpers import TINY_SMOOTHING, TINY_SMOOTHING_ARGS
+from helpers import TINY_SMOOTHING, TINY_SMOOTHING_ARGS, subprocess_environment
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml") if p.stem != "defaults")
@@ -49,7 +49,7 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     result = subprocess.run(
         [sys.executable, "-m", "crmt", *args],
         cwd=cwd,
-        env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
+        env=subprocess_environment(**(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -74,8 +74,7 @@ def test_experiment_config_parses(experiment, capsys):
     assert config["model"]["class_path"].startswith("crmt.strategies.")
     assert config["data"]["class_path"] == "data_modules.EmbeddedAVDataModule", "the embedded data by default"
     assert config["trainer"]["logger"]["init_args"]["name"] == experiment
-    report = next(c for c in config["trainer"]["callbacks"] if c["class_path"] == "crmt.callbacks.RobustnessReport")
-    assert report["init_args"]["settings"]["multimodal_eps"] == 4.0, "budgets scaled to the embedded clips"
+    assert config["report"]["settings"]["multimodal_eps"] == 4.0, "budgets scaled to the embedded clips"
 
 
 def test_crmt_epoch_plan_sets_max_epochs_and_overrides_pass_through(capsys):
@@ -254,10 +253,10 @@ def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
             "--trainer.accelerator=cpu",
             "--trainer.strategy=ddp",
             "--trainer.devices=2",
-            "--trainer.callbacks.init_args.settings.smoothing.samples=3",  # of 8 test clips: 0, 2 and 5
+            "--report.settings.smoothing.samples=3",  # of 8 test clips: 0, 2 and 5
         ],
         cwd=REPO,
-        env={**os.environ, "WANDB_MODE": "offline", "CRMT_STATE_DIR": str(state_dir)},
+        env=subprocess_environment(CRMT_STATE_DIR=str(state_dir)),
         capture_output=True,
         text=True,
         timeout=600,

@@ -192,7 +192,7 @@ def _write_run(
     folder: Path, name: str, seed: int, index: list[int] | None = None, certified: bool = True,
     labels: list[int] | None = None, modalities: list[str] = MODALITIES, adaptive: AdaptiveSummary | None = None,
 ) -> RobustnessMetrics:
-    """A report folder as ``python -m crmt fit --report_dir`` leaves it (metrics, per-sample outcomes); returns its
+    """A report folder as ``python -m crmt fit --report.output_dir`` leaves it (metrics, per-sample outcomes); returns its
     metrics. With ``adaptive``, the runs carry the adaptive threats too."""
     rng = np.random.default_rng([seed, len(name)])
     index = list(range(100, 160)) if index is None else index
@@ -545,7 +545,7 @@ class FakeTraining:
         self.commands.append(list(command))
         Path(log).write_text("fake training\n", encoding="utf-8")
         if self.exit_code == 0:
-            folder = Path(command[command.index("--report_dir") + 1])
+            folder = Path(command[command.index("--report.output_dir") + 1])
             name = Path(command[command.index("--config") + 1]).stem
             _write_run(folder, name, int(command[command.index("--seed_everything") + 1]))
         return self.exit_code
@@ -564,8 +564,8 @@ def test_unchanged_runs_are_reused_and_changes_trigger_reruns(project, monkeypat
     assert len(fake.commands) == 2
     assert fake.commands[0][1:] == [
         "-m", "crmt", "fit", "--config", "experiments/jt.yaml", "--config", "experiments/data/embedded.yaml",
-        "--seed_everything", "0", "--data.init_args.seed", "0", "--report_dir", str(out / "jt" / "seed0"),
-        "--trainer.callbacks.init_args.settings.adaptive.suite", "standard",
+        "--seed_everything", "0", "--report.output_dir", str(out / "jt" / "seed0"),
+        "--report.settings.adaptive.suite", "standard",
     ]
     record = json.loads((out / "jt" / "seed0" / "run.json").read_text(encoding="utf-8"))
     assert record["arguments"] == fake.commands[0][1:]

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from crmt.cli import main
+from crmt.robustness.smoothing import max_certified_radius
 from crmt.experiments import config_files, default_scale
 from data_modules import (
     ClipDataModule,
@@ -156,8 +157,8 @@ def test_a_run_reads_the_experiment_then_the_scale_then_the_data():
     assert [default_scale(name) for name in (None, "embedded", "embedded_misleading", "manifest", "ks", "my_clips")] == [
         None, None, None, None, "paper", "paper",
     ]
-    with pytest.raises(FileNotFoundError, match=r"'ojt' has no paper-scale schedule.*schedules: crmt_at, crmt_jt, jt"):
-        config_files("ojt", "ucf101")
+    with pytest.raises(FileNotFoundError, match=r"'mmt' has no paper-scale schedule: No published setting.*SCALE="):
+        config_files("mmt", "ucf101")  # refused: experiments/scale/paper/mmt.refused (tests/test_paper_scale.py)
     with pytest.raises(FileNotFoundError, match=r"data 'kinetics'.*data configs: cremad, embedded, embedded_misleading, ks"):
         config_files("jt", "kinetics")
 
@@ -246,9 +247,8 @@ def test_a_real_dataset_runs_the_papers_setup(strategy, monkeypatch, capsys):
     assert step1["class_path"] == "torch.optim.SGD"
     assert {k: step1["init_args"][k] for k in ("lr", "momentum", "weight_decay")} == {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
     assert model["lr_scheduler"] == {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 60, "gamma": 0.1, "last_epoch": -1}}
-    callbacks = {c["class_path"].rsplit(".", 1)[1]: c.get("init_args", {}) for c in config["trainer"]["callbacks"]}
-    for name in ("RobustnessMonitor", "RobustnessReport"):
-        budgets = {k: callbacks[name]["settings"][k] for k in ("multimodal_eps", "unimodal_eps")}
+    for name in ("monitor", "report"):
+        budgets = {k: config[name]["settings"][k] for k in ("multimodal_eps", "unimodal_eps")}
         assert budgets == {"multimodal_eps": 0.5, "unimodal_eps": 1.0}, name
     if strategy == "jt":
         assert config["trainer"]["max_epochs"] == 140
@@ -259,3 +259,17 @@ def test_a_real_dataset_runs_the_papers_setup(strategy, monkeypatch, capsys):
     assert {k: step2["init_args"][k] for k in ("lr", "momentum", "weight_decay")} == {"lr": 3e-5, "momentum": 0.9, "weight_decay": 1e-2}
     if strategy == "crmt_at":
         assert (model["at_eps"], model["at_steps"], model["at_step_fraction"]) == (0.1, 5, 0.2)
+
+
+def test_the_paper_scale_report_is_affordable_and_the_full_one_is_one_config_away(monkeypatch, capsys):
+    """scale/paper.yaml: the medium suite and smoothing of 200 clips with n = 10,000 (R_max above both budgets);
+    evaluation/paper_full.yaml changes only those to AutoAttack's standard suite and Cohen et al.'s 500 x 100,000."""
+    files = config_files("crmt_jt", "ks")
+    default = composed_config(files, monkeypatch, capsys)["report"]["settings"]
+    full = composed_config([*files, EXPERIMENTS / "evaluation" / "paper_full.yaml"], monkeypatch, capsys)["report"]["settings"]
+    assert (default["adaptive"]["suite"], default["smoothing"]["samples"], default["smoothing"]["n"]) == ("medium", 200, 10_000)
+    assert (full["adaptive"]["suite"], full["smoothing"]["samples"], full["smoothing"]["n"]) == ("standard", 500, 100_000)
+    assert {k: v for k, v in full["smoothing"].items() if k not in ("samples", "n")} == {
+        k: v for k, v in default["smoothing"].items() if k not in ("samples", "n")
+    }
+    assert max_certified_radius(default["smoothing"]["sigma"], 10_000, default["smoothing"]["alpha"]) > default["unimodal_eps"]

@@ -17,7 +17,7 @@ from lightning.pytorch import seed_everything
 from crmt.callbacks import RunCheckpoints
 from crmt.callbacks.checkpoints import find_last_checkpoint
 from crmt.strategies import JointTraining
-from helpers import TINY_SMOOTHING_ARGS, TensorAVDataModule, make_trainer
+from helpers import TINY_SMOOTHING_ARGS, TensorAVDataModule, make_trainer, subprocess_environment
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -38,15 +38,15 @@ def fit(experiment: str, root: Path, data: Path, *extra: str, logger: bool = Fal
     args = [
         "fit", "--config", f"experiments/{experiment}.yaml", *TINY, f"--data.init_args.root={data}",
         *(CRMT_SCHEDULE if experiment.startswith("crmt") else []),
-        f"--trainer.default_root_dir={root}", f"--report_dir={root / 'report'}",
+        f"--trainer.default_root_dir={root}", f"--report.output_dir={root / 'report'}",
         *([f"--trainer.logger.init_args.save_dir={root}"] if logger else ["--trainer.logger=false"]),
         "--trainer.callbacks+=benchmarks.resume_check.EpochSnapshots", *extra,
     ]
     (root / "snapshots").mkdir(parents=True, exist_ok=True)
-    environment = {
-        **os.environ, "WANDB_MODE": "offline", "CRMT_SNAPSHOT_DIR": str(root / "snapshots"),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src"), str(REPO)]), **(env or {}),
-    }
+    environment = subprocess_environment(
+        CRMT_SNAPSHOT_DIR=str(root / "snapshots"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO / "src"), str(REPO)]), **(env or {}),
+    )
     return subprocess.run([sys.executable, "-m", "crmt", *args], cwd=REPO, env=environment, capture_output=True,
                           text=True, timeout=600)
 

@@ -53,7 +53,7 @@ def test_samples_zero_turns_smoothing_off_also_on_the_command_line(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = [argument for path in config_files("crmt_jt") for argument in ("--config", str(path))]
-    args.append("--trainer.callbacks.init_args.settings.smoothing.samples=0")
+    args.append("--report.settings.smoothing.samples=0")
     cli = CRMTCLI(MultiModalModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                   parser_kwargs={"default_config_files": default_config_files(args)}, args=args)
     report = next(callback for callback in cli.trainer.callbacks if isinstance(callback, RobustnessReport))

@@ -1,4 +1,6 @@
-"""CRMT's step 2 reads no media: after the switch the training loader yields only indices and labels."""
+"""CRMT's step 2 reads no media: at the switch it asks the data module (``set_training_media``, the data module's
+side of :class:`crmt.models.protocol.MediaSwitchable`) to leave the inputs out, and the training loader yields only
+indices and labels."""
 
 from __future__ import annotations
 
@@ -51,11 +53,22 @@ def fit(manifest: str, tmp_path, workers: int, callbacks=(), persistent: bool = 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_step2_epochs_load_no_inputs_and_train_as_the_epochs_that_decoded_them(manifest, tmp_path, monkeypatch, workers):
     keys = BatchKeys()
+    switches = []
+    switch = ClipDataModule.set_training_media
+
+    def recorded(data, enabled):
+        switches.append((enabled, data.trainer.current_epoch, data.datasets["train"].media))
+        switch(data, enabled)
+
+    monkeypatch.setattr(ClipDataModule, "set_training_media", recorded)
     model = fit(manifest, tmp_path / "indices", workers, [keys])
     inputs = ("audio", "index", "label", "visual")
     assert keys.keys == {0: {inputs}, 1: {inputs}, 2: {("index", "label")}, 3: {("index", "label")}}
+    # asked through the data module: off after the last step-1 epoch, on again when training ends (epoch 4 then)
+    assert switches == [(False, 1, True), (True, 4, False)]
+    assert model.trainer.datamodule.datasets["train"].media, "the data module is left as found"
 
-    monkeypatch.setattr(CRMTJointTraining, "_set_training_media", lambda self, enabled: None)
+    monkeypatch.setattr(ClipDataModule, "set_training_media", lambda data, enabled: None)  # no switch: step 2 decodes
     decoding = fit(manifest, tmp_path / "media", workers)
     for name, value in decoding.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name

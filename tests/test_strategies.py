@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from helpers import StateAtValidationEnd, TensorAVDataModule, make_trainer, orthogonal_validation_by_hand, tau_by_hand
 from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
 from crmt.strategies import crmt as crmt_strategy
+from crmt import strategies
+from crmt.robustness.ball import PixelRange
 from crmt.strategies import CRMTJointTraining, JointTraining
 
 
@@ -237,3 +239,35 @@ def test_lr_scheduler_steps_once_per_step1_epoch_and_never_in_step2(tmp_path, te
     # epoch starts 0..4, then the end of fit: step 1's rate decays over epochs 0-2 and then stays put
     expected = [(step1_rates[min(epoch, 3)], 5e-2) for epoch in range(6)]
     assert rates.rates == expected, rates.rates
+
+
+PIXELS = {"visual": ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))}
+SMALL = {
+    "CRMTMultiModalTransformer": {"embed_dim": 8, "stream_depth": 1, "fusion_depth": 1, "num_heads": 2, "patch_size": 8},
+    "MultiModalTransformer": {"embed_dim": 8, "stream_depth": 1, "fusion_depth": 1, "num_heads": 2, "patch_size": 8},
+}
+
+
+@pytest.mark.parametrize("name", [name for name in strategies.__all__ if name != "MultiModalModule"])
+def test_every_strategy_takes_pixel_normalization_by_name_and_keeps_it_in_its_hyperparameters(name):
+    """The CLI links the data module's ``pixel_normalization`` into every strategy by name: each one passes it on to
+    MultiModalModule, which keeps it (saved with the hyperparameters) and builds the attacks' pixel ranges from it."""
+    model = getattr(strategies, name)(
+        num_classes=3, input_shapes=TensorAVDataModule.input_shapes, pixel_normalization=PIXELS, **SMALL.get(name, {})
+    )
+    assert model.pixel_normalization == PIXELS
+    assert model.hparams.pixel_normalization == {"visual": [[0.5, 0.4, 0.3], [0.2, 0.25, 0.3]]}
+    assert model.pixel_ranges == [PixelRange(*PIXELS["visual"]), None]
+
+
+@pytest.mark.parametrize(
+    ("normalization", "message"),
+    [
+        ({"flow": ((0.5,), (0.2,))}, "names 'flow', which is not one of the model's modalities"),
+        ({"visual": ((0.5, 0.5), (0.2, 0.2))}, r"needs 3 means and stds"),
+        ({"visual": ((0.5,) * 3, (0.2, 0.0, 0.2))}, "std > 0"),
+    ],
+)
+def test_a_pixel_normalization_that_does_not_fit_the_inputs_is_named(normalization, message):
+    with pytest.raises(ValueError, match=message):
+        JointTraining(3, TensorAVDataModule.input_shapes, pixel_normalization=normalization)

@@ -9,41 +9,66 @@ nothing of the embedded module is in the namespace to carry over (jsonargparse k
 of same-named arguments across a class switch). :mod:`crmt.experiments` composes the ``--config``
 files of ``make train``. ``fit --resume last`` continues the newest run started with the same
 ``--config`` files, in its own run folder.
+
+The callbacks every run has are named argument groups, so a data or scale config changes one of them
+without repeating the others (Lightning's ``add_lightning_class_args``): ``checkpoints``
+(:class:`RunCheckpoints`), ``best`` (``best.ckpt``, highest ``val/acc``), ``monitor``
+(:class:`RobustnessMonitor`), ``report`` (:class:`RobustnessReport`) and ``predictions``
+(:class:`PredictionWriter`), e.g. ``--report.settings.smoothing.samples 32``. ``--trainer.callbacks+=``
+adds others. The rich progress bar is on unless ``--trainer.enable_progress_bar false``.
+``--seed_everything`` seeds the whole run, the data module's ``seed`` (loader order, augmentation) included.
+Each run folder keeps its resolved config (:mod:`crmt.runs`); ``--run <id or folder>`` rebuilds it for
+``test``, ``validate`` or ``predict``.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
-from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from crmt.callbacks.checkpoints import RunCheckpoints, find_last_checkpoint
-from crmt.callbacks.robustness import RobustnessReport
+from crmt.callbacks.predictions import PredictionWriter
+from crmt.callbacks.robustness import RobustnessMonitor, RobustnessReport
 from crmt.experiments import DEFAULT_DATA_FILE, DEFAULTS_FILE
-from crmt.reproducibility import run_context
+from crmt.models.protocol import declared_pixel_normalization
+from crmt.runs import SaveRunConfig, check_checkpoint_matches, discard_unstarted_run, expand_run_option
 from crmt.strategies.base import MultiModalModule
+
+BEST_CHECKPOINT: dict[str, Any] = {
+    "best.monitor": "val/acc", "best.mode": "max", "best.filename": "best", "best.save_top_k": 1,
+    "best.enable_version_counter": False, "best.auto_insert_metric_name": False,
+}
+"""``checkpoints/best.ckpt``: Lightning's ModelCheckpoint on the highest validation accuracy."""
 
 
 class CRMTCLI(LightningCLI):
-    """LightningCLI with the data -> model links (class count, input shapes), the CRMT epoch plan,
-    test (and so the robustness report) after fit, and ``--report_dir``."""
+    """LightningCLI with the data -> model links (class count, input shapes, pixel normalisation), the CRMT epoch plan,
+    test (and so the robustness report) after fit, the named callbacks, one seed, the checkpoint's identity
+    check, and no W&B run left behind by a command that failed before it wrote a checkpoint."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(RunCheckpoints, "checkpoints")
+        parser.add_lightning_class_args(ModelCheckpoint, "best")
+        parser.set_defaults(BEST_CHECKPOINT)
+        parser.add_lightning_class_args(RobustnessMonitor, "monitor")
+        parser.add_lightning_class_args(RobustnessReport, "report")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shapes", "model.init_args.input_shapes", apply_on="instantiate")
-        parser.add_argument(
-            "--test_after_fit", type=bool, default=True, help="run the test split after `fit` with the final weights"
+        parser.link_arguments(  # from the whole data module, so that one which declares none is an error naming it
+            "data", "model.init_args.pixel_normalization", compute_fn=declared_pixel_normalization, apply_on="instantiate"
         )
         parser.add_argument(
-            "--report_dir",
-            type=str | None,
-            default=None,
-            help="write the robustness report here instead of <run folder>/report",
+            "--test_after_fit", type=bool, default=True, help="run the test split after `fit` with the final weights"
         )
         parser.add_argument(
             "--resume",
@@ -58,8 +83,31 @@ class CRMTCLI(LightningCLI):
         init_args = config.model.init_args
         if "step1_epochs" in init_args and "step2_epochs" in init_args and config.trainer.max_epochs is None:
             config.trainer.max_epochs = init_args.step1_epochs + init_args.step2_epochs
+        self._seed_whole_run(config)
         if self.subcommand == "fit" and config.get("resume"):
             self._resume(config)
+        if self.subcommand == "predict" and config.predictions.smoothing is None:
+            config.predictions.smoothing = config.report.settings.smoothing  # the report's smoothed classifier
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a checkpoint of another experiment than the configuration's, before Lightning's own step
+        overrides the configured model's arguments with the checkpoint's hyperparameters."""
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        if config is not None and self.config.subcommand != "fit" and config.get("ckpt_path"):
+            logger = config.trainer.logger
+            name = logger.init_args.get("name") if logger not in (None, False) and "init_args" in logger else None
+            check_checkpoint_matches(config.ckpt_path, config.model.class_path, name)
+        super()._parse_ckpt_path()
+
+    @staticmethod
+    def _seed_whole_run(config) -> None:
+        """``seed_everything`` is the run's one seed: a drawn one (``true``) is fixed here, so the saved config
+        reproduces the run, and the data module's ``seed`` follows it."""
+        if config.seed_everything is True:
+            config.seed_everything = random.randint(0, 2**31 - 1)
+        seed = config.seed_everything
+        if isinstance(seed, int) and not isinstance(seed, bool) and "seed" in config.data.get("init_args", {}):
+            config.data.init_args.seed = seed
 
     def _resume(self, config) -> None:
         """Point ``ckpt_path`` at the checkpoint to continue and the logger at that run's folder."""
@@ -84,27 +132,23 @@ class CRMTCLI(LightningCLI):
     def _config_files(config) -> list[str]:
         return [str(path) for path in config.get("config") or []]
 
-    def _apply_report_dir(self) -> None:
-        report_dir = self.config[self.subcommand].get("report_dir")
-        if report_dir:
-            for callback in self.trainer.callbacks:
-                if isinstance(callback, RobustnessReport):
-                    callback.output_dir = report_dir
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """Lightning's, with the rich progress bar unless ``enable_progress_bar`` is false."""
+        if config.get("enable_progress_bar") is not False:
+            callbacks = [RichProgressBar(), *callbacks]
+        return super()._instantiate_trainer(config, callbacks)
 
-    def _log_run_context(self) -> None:
-        if self.trainer.logger is not None:
-            self.trainer.logger.log_hyperparams({"run": run_context(self.trainer)})
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            discard_unstarted_run(self.trainer)
+            raise
 
     def before_fit(self) -> None:
-        self._apply_report_dir()
-        self._log_run_context()
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunCheckpoints):
                 callback.configs = self._config_files(self.config.fit)
-
-    def before_test(self) -> None:
-        self._apply_report_dir()
-        self._log_run_context()
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit and not self.trainer.interrupted:
@@ -153,12 +197,17 @@ def main(args: list[str] | None = None, callbacks: list[Callback] | None = None)
     """
     if "WANDB_SWEEP_ID" not in os.environ:
         os.environ.setdefault("WANDB_MODE", "offline")
+    if args is None:  # LightningCLI reads sys.argv (and warns when given both)
+        sys.argv[1:] = expand_run_option(sys.argv[1:])
+    else:
+        args = expand_run_option(args)
     defaults = default_config_files(sys.argv[1:] if args is None else args)
     return CRMTCLI(
         MultiModalModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={name: {"default_config_files": defaults} for name in ("fit", "validate", "test", "predict")},
         trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,

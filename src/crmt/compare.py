@@ -9,8 +9,8 @@ Each (experiment, seed) runs as its own process (so W&B runs and global state ne
 
     python -m crmt fit --config experiments/<name>.yaml [--config experiments/scale/... (a real dataset)]
         --config experiments/data/<DATA or embedded>.yaml
-        --seed_everything <s> --data.init_args.seed <s> --report_dir <out>/<name>/seed<s>
-        --trainer.callbacks.init_args.settings.adaptive.suite <suite> <ARGS>
+        --seed_everything <s> --report.output_dir <out>/<name>/seed<s>
+        --report.settings.adaptive.suite <suite> <ARGS>
 
 Its folder holds ``train.log``, the report (``metrics.json``, ``per_sample.json``, ...) and
 ``run.json``: the command's arguments (without the Python executable), the SHA-256 of every config
@@ -115,7 +115,7 @@ class RunPlan:
         }
 
 
-SUITE_OVERRIDE = "--trainer.callbacks.init_args.settings.adaptive.suite"
+SUITE_OVERRIDE = "--report.settings.adaptive.suite"
 """The override of the report's adaptive suite (the last callback of every config's list is the ``RobustnessReport``)."""
 
 
@@ -129,7 +129,7 @@ def plan_run(
     files = config_files(name, data)
     folder = Path(out) / name / f"seed{seed}"
     arguments = ["-m", "crmt", "fit", *(argument for f in files for argument in ("--config", _shown(f)))]
-    arguments += ["--seed_everything", str(seed), "--data.init_args.seed", str(seed), "--report_dir", str(folder),
+    arguments += ["--seed_everything", str(seed), "--report.output_dir", str(folder),
                   SUITE_OVERRIDE, suite, *extra_args]
     read = [DEFAULTS_FILE, *files] if DEFAULTS_FILE.is_file() else files
     hashes = {str(Path(f).resolve().relative_to(PROJECT_ROOT)): sha256_file(f) for f in read}
@@ -216,9 +216,24 @@ def seed_list(count: int | None, explicit: Sequence[int] | None) -> list[int]:
     return seeds
 
 
+def runnable(names: Sequence[str], data: str | None) -> list[str]:
+    """``names`` without those that refuse to run on ``data`` (no schedule at its scale, by design), each named
+    with its reason; an experiment asked for by name is not skipped (its refusal is then the error)."""
+    kept = []
+    for name in names:
+        try:
+            config_files(name, data)
+        except experiments.ScheduleRefused as refusal:
+            print(f"[compare] skipped {name}: {refusal}")
+            continue
+        kept.append(name)
+    return kept
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiments", nargs="*", default=list(ALL_EXPERIMENTS), help="experiment names (default: all)")
+    parser.add_argument("experiments", nargs="*", default=None,
+                        help="experiment names (default: all; on a real dataset all that have a paper-scale schedule)")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=None, metavar="N", help="run seeds 0..N-1 (default 1)")
     seeds.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="S", help="run these seeds")
@@ -236,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """Run (or reuse) every (experiment, seed), write the comparison, print it; return ``compare.md``'s path."""
     options = _parser().parse_args(argv)
     seeds = seed_list(options.seeds, options.seed_list)
-    names = list(dict.fromkeys(options.experiments))
+    names = list(dict.fromkeys(options.experiments or runnable(ALL_EXPERIMENTS, options.data)))
     out = options.out or Path("runs/compare") / (options.data or "embedded")
     start = time.perf_counter()
     runs = run_all(names, seeds, out, options.data, shlex.split(options.args), options.force, options.suite)

@@ -19,26 +19,22 @@ from crmt.models.protocol import MultiModalModel
 from crmt.reproducibility import run_context
 from crmt.robustness.ball import pixel_ranges_for
 from crmt.robustness.evaluation import RobustnessEvaluator
+from crmt.robustness.progress import Progress
 from crmt.robustness.records import RobustnessResults
 from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.figures import plot_eta_ratio_heatmap
 from crmt.robustness.report import ReportFiles, write_report
 from crmt.robustness.results import RobustnessMetrics
-
-
-def run_folder(trainer: Trainer) -> Path:
-    """The run's own folder: ``<save_dir>/<name>/<version>`` of the logger (where checkpoints go), else the root dir."""
-    logger = trainer.logger
-    if logger is not None and logger.save_dir is not None:
-        return Path(logger.save_dir) / str(logger.name) / str(logger.version)
-    return Path(trainer.default_root_dir)
+from crmt.runs import run_folder
 
 
 def _evaluator(
     trainer: Trainer, pl_module: MultiModalModel, settings: RobustnessSettings, dataset_size: int | None = None
 ) -> RobustnessEvaluator:
-    normalization = getattr(trainer.datamodule, "pixel_normalization", None) if trainer.datamodule else None
-    return RobustnessEvaluator(pl_module, settings, pixel_ranges_for(pl_module.modalities, normalization), dataset_size)
+    """The evaluator of ``pl_module``, clamping attacked frames to the model's own pixel ranges (its
+    ``pixel_normalization``, saved with its hyperparameters), whatever data module is attached."""
+    ranges = pixel_ranges_for(pl_module.modalities, pl_module.pixel_normalization)
+    return RobustnessEvaluator(pl_module, settings, ranges, dataset_size)
 
 
 def _test_split_size(trainer: Trainer) -> int | None:
@@ -47,6 +43,22 @@ def _test_split_size(trainer: Trainer) -> int | None:
     loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
     dataset = getattr(loader, "dataset", None)
     return len(dataset) if hasattr(dataset, "__len__") else None
+
+
+def _test_samples_per_rank(trainer: Trainer) -> int | None:
+    """Test samples each rank is fed (None when unknown): its shard of the split (DistributedSampler pads the
+    shards to one size), at most ``limit_test_batches`` batches of it; sizes the cost announcements."""
+    size = _test_split_size(trainer)
+    if size is None:
+        return None
+    samples = -(-size // max(trainer.world_size, 1))
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    batches = (getattr(trainer, "num_test_batches", None) or [None])[0]
+    batch_size = getattr(loader, "batch_size", None)
+    if isinstance(batches, int) and isinstance(batch_size, int):
+        samples = min(samples, batches * batch_size)
+    return samples
 
 
 def _finalize(evaluator: RobustnessEvaluator, trainer: Trainer, pl_module: LightningModule) -> RobustnessResults:
@@ -159,6 +171,7 @@ class RobustnessMonitor(Callback):
         if not self._active(trainer):
             return
         evaluator = _evaluator(trainer, pl_module, self.settings)
+        evaluator.show_progress(Progress.of_trainer(trainer), sum(int(labels.shape[0]) for _, labels in self.stored))
         for inputs, labels in self.stored:
             evaluator.update(inputs, labels)
         self.stored = []
@@ -201,13 +214,8 @@ class RobustnessReport(Callback):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.evaluator = _evaluator(trainer, pl_module, self.settings, _test_split_size(trainer))
-        adaptive = self.settings.adaptive
-        if adaptive is not None:
-            rank_zero_info(
-                f"Robustness report: the adaptive suite {adaptive.suite!r} ({adaptive.size.describe()}) attacks every "
-                f"correctly classified test clip in {1 + len(pl_module.modalities)} scopes, every {adaptive.chunk} clips "
-                "(its cost: docs/robustness.md, \"Adaptive evaluation\")"
-            )
+        # smoothing and the adaptive suite announce their clips, draws and measured time left, with a bar
+        self.evaluator.show_progress(Progress.of_trainer(trainer), _test_samples_per_rank(trainer))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch is not None:

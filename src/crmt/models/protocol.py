@@ -1,14 +1,21 @@
-"""The contract between a trained model and everything that attacks or certifies it.
+"""The contract between a trained model and everything that attacks or certifies it, and what a
+model asks of a data module.
 
 :mod:`crmt.robustness` and :mod:`crmt.callbacks` type against these protocols, never against a
 strategy class: any ``nn.Module`` with these members can be attacked, and, when its head is a
 :class:`LinearFusionHead` (logits linear in each modality's features), certified.
+
+The data side: every data module declares which of its inputs are pixels (:class:`PixelData`; the
+CLI links its ``pixel_normalization`` into the model, :func:`declared_pixel_normalization`), and a
+data module that can leave the training samples' inputs out implements :class:`MediaSwitchable`
+(CRMT's step 2 reads only ``index`` and ``label``). The data modules of :mod:`data_modules`
+implement both; nothing here imports them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -16,6 +23,11 @@ from crmt.models.heads import FusionOutput
 
 Batch = dict[str, torch.Tensor]
 """A collated batch: one input tensor per modality name, ``label`` (B,) and ``index`` (B,)."""
+
+PixelNormalization = dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+"""Modality name -> (mean per channel, std per channel) of the modalities whose inputs are normalised
+pixels, x = (p - mean_c) / std_c of pixel values p in [0, 1] (channels on dim 1 of a (B, C, ...) batch);
+``{}`` when no modality is pixels. Attacks keep perturbed pixel modalities in that range."""
 
 
 class LinearFusionHead(Protocol):
@@ -51,6 +63,9 @@ class MultiModalModel(Protocol):
 
     modalities: list[str]
     num_classes: int
+    pixel_normalization: PixelNormalization | None
+    """The pixel modalities' normalisation (:data:`PixelNormalization`); ``None`` or ``{}``: no pixel modality,
+    nothing is clamped. Evaluation clamps attacked frames with it."""
 
     @property
     def device(self) -> torch.device: ...
@@ -75,6 +90,48 @@ class CertifiableModel(MultiModalModel, Protocol):
 
     def encoder_lipschitz_bound(self, m: int) -> float:
         """A sound upper bound of the l2 Lipschitz constant of ``encode_modality(m, .)``."""
+
+
+class PixelData(Protocol):
+    """A data module that declares which of its inputs are pixels (every data module of the project does)."""
+
+    @property
+    def pixel_normalization(self) -> PixelNormalization:
+        """:data:`PixelNormalization` of its batches' inputs, ``{}`` when none is pixels."""
+
+
+def declared_pixel_normalization(datamodule: Any) -> PixelNormalization:
+    """The ``pixel_normalization`` ``datamodule`` declares (:class:`PixelData`), as the CLI links it into the
+    model; a data module that declares none is an error naming its class (rather than attacks that silently
+    stop clamping frames)."""
+    if not conforms(datamodule, PixelData):
+        name = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+        raise TypeError(
+            f"the data module {name} declares no pixel_normalization: give it a `pixel_normalization` property, "
+            "modality -> (mean per channel, std per channel) of its pixel inputs, or {} when no input is pixels "
+            "(the model's attacks clamp perturbed frames with it)"
+        )
+    normalization = datamodule.pixel_normalization
+    if not isinstance(normalization, dict):
+        raise TypeError(
+            f"{type(datamodule).__qualname__}.pixel_normalization must be a dict modality -> (mean, std), "
+            f"got {type(normalization).__name__}"
+        )
+    return normalization
+
+
+class MediaSwitchable(Protocol):
+    """A data module whose training samples can leave their inputs out.
+
+    CRMT's step 2 trains only the integration weights a^(m) from scores cached at the phase switch, so it
+    reads only ``index`` and ``label`` of its training batches: it calls ``set_training_media(False)`` at the
+    switch and ``set_training_media(True)`` when training ends. A data module without it simply keeps
+    loading (and decoding) the inputs in step 2, which step 2 then ignores.
+    """
+
+    def set_training_media(self, enabled: bool) -> None:
+        """From the next training item on (in every DataLoader worker, persistent ones included): the samples'
+        inputs with ``label`` and ``index`` (``enabled``), or only ``label`` and ``index``, nothing decoded."""
 
 
 def protocol_members(protocol: type) -> set[str]:

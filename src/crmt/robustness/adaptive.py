@@ -11,6 +11,13 @@ many samples at once. ``finish`` attacks the rest and runs the checks that need 
 large-budget check needs samples of several classes), else the first ones of each rank. Per sample and
 scope it records which attack of the suite broke it first (:data:`STANDING`: none; :data:`NOT_ATTACKED`:
 misclassified clean, not attacked).
+
+With ``progress`` (a :class:`~crmt.robustness.progress.Progress`), the suite announces itself before its
+first chunk (the suite's attacks with their steps, starts, targets and queries, the test clips, the scopes),
+prints the time left measured on that chunk (its seconds per test clip it covered, misclassified ones
+included, times the test clips still to come on this rank: the rest is assumed as often correctly
+classified, and as hard to attack, as the first chunk's), shows a bar over this rank's test clips, and
+prints the totals of the suite and of the sanity checks in ``finish``. Timing changes no draw.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from crmt.models.protocol import MultiModalModel
 from crmt.robustness.attack import CleanPass
 from crmt.robustness.ball import Ball, PixelRanges
 from crmt.robustness.modes import float32_math
+from crmt.robustness.progress import CostTask, Progress, plural
 from crmt.robustness.sanity import SanityCheck, passes_differ, provable_budgets, zero_gradients
 from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.smoothing import evenly_spaced
@@ -69,7 +77,7 @@ class AdaptiveEvaluator:
 
     def __init__(
         self, model: MultiModalModel, settings: RobustnessSettings, pixel_ranges: PixelRanges | None = None,
-        dataset_size: int | None = None,
+        dataset_size: int | None = None, progress: Progress | None = None, expected: int | None = None,
     ) -> None:
         if settings.adaptive is None:
             raise ValueError("AdaptiveEvaluator needs settings.adaptive")
@@ -86,6 +94,32 @@ class AdaptiveEvaluator:
         count = self.adaptive.sanity_samples
         self.chosen = evenly_spaced(dataset_size, count) if dataset_size is not None and count else None
         self.counts = {"zero_gradients": [0, 0], "weaker_than_paper": [0, 0], "black_box": [0, 0]}
+        self.progress = progress
+        self.expected = expected
+        """Test samples this rank will be fed, when known: the total of the announcement and the bar."""
+        self.task: CostTask | None = None
+        self.fed = 0  # test samples taken by ``add``
+        self.covered = 0  # of them, those whose correctly classified ones the suite has attacked
+
+    def announcement(self) -> str:
+        """What the suite runs: its attacks and sizes, on how many test clips, in how many scopes."""
+        size, ranks = self.adaptive.size, self.progress.ranks if self.progress is not None else 1
+        targets = min(size.targets, self.model.num_classes - 1)
+        gradient_steps = size.apgd_steps * size.restarts * (1 + targets)
+        if self.expected is None:
+            clips = "every test clip"
+        elif ranks > 1:
+            clips = f"about {ranks * self.expected} test clips (all {ranks} ranks together; {self.expected} on this rank),"
+        else:
+            clips = plural(self.expected, "test clip")
+        return (
+            f"the {self.adaptive.suite!r} suite, APGD-CE ({size.apgd_steps} steps x {size.restarts} start), APGD-T "
+            f"({targets} targets x {size.apgd_steps} steps x {size.restarts} start), Square l2 ({size.square_queries} "
+            f"queries): up to {gradient_steps} gradient steps and {size.square_queries} queries per clip and scope, on "
+            f"the correctly classified ones of {clips} in {len(self.scopes)} scopes, {self.adaptive.chunk} at a time; "
+            f"then its sanity checks on {plural(self.adaptive.sanity_samples, 'clip')}; time left estimated from the "
+            "first chunk"
+        )
 
     def add(
         self, inputs: Sequence[torch.Tensor], labels: torch.Tensor, index: torch.Tensor, clean: CleanPass,
@@ -96,6 +130,7 @@ class AdaptiveEvaluator:
         batch = len(self.broken_by)
         correct = clean.logits.argmax(dim=1) == labels
         size = int(labels.shape[0])
+        self.fed += size
         self.broken_by.append({scope: torch.full((size,), NOT_ATTACKED, dtype=torch.long, device=labels.device) for scope in self.scopes})
         self.counts["zero_gradients"][0] += int((zero_gradients(clean.gradients) & correct).sum())
         self.counts["zero_gradients"][1] += int(correct.sum())
@@ -129,9 +164,20 @@ class AdaptiveEvaluator:
         return Ball.blocks(budgets, attacked, self.pixel_ranges)
 
     def attack_waiting(self) -> None:
-        """Run the suite on every waiting sample in every scope, as one stacked batch."""
+        """Run the suite on every waiting sample in every scope, as one stacked batch (timed and counted, with
+        ``progress``, as the test samples fed since the last chunk)."""
         if not self.waiting:
             return
+        units, self.covered = self.fed - self.covered, self.fed
+        if self.progress is None:
+            self._attack_waiting()
+            return
+        if self.task is None:
+            self.task = self.progress.task("Adaptive evaluation", self.announcement(), self.expected, "test clip")
+        with self.task.step(units):
+            self._attack_waiting()
+
+    def _attack_waiting(self) -> None:
         inputs = [torch.cat([w.inputs[m] for w in self.waiting]) for m in range(len(self.modalities))]
         labels = torch.cat([w.labels for w in self.waiting])
         clean = CleanPass(torch.cat([w.clean.logits for w in self.waiting]), [],
@@ -165,8 +211,21 @@ class AdaptiveEvaluator:
         """Attack the waiting samples and run the sanity checks; every rank must call it (collectives).
         Returns the checks with counts summed over ranks."""
         self.attack_waiting()
+        if self.task is not None:
+            self.task.advance(self.fed - self.covered, 0.0)  # the last clips, all misclassified: nothing to attack
+            self.covered = self.fed
+            self.task.close()
+        if self.progress is not None and self.sanity:
+            count = sum(int(s.labels.shape[0]) for s in self.sanity)
+            with self.progress.timed("Adaptive sanity checks", (
+                "randomness, the suite's gradient attacks at a provable budget and the suite at twice its steps, "
+                f"starts and queries, on {plural(count, 'clip')}"
+                + (" of this rank" if self.progress.ranks > 1 else ""))):
+                sanity = self._sanity_counts()
+        else:
+            sanity = self._sanity_counts()
         local = {key: tuple(values) for key, values in self.counts.items()}
-        local.update(self._sanity_counts())
+        local.update(sanity)
         keys = list(local)
         counts = torch.tensor([value for key in keys for value in local[key]], dtype=torch.long)
         if all_gather is not None:

@@ -59,7 +59,9 @@ PixelRanges = Sequence[PixelRange | None]
 
 
 def pixel_ranges_for(modalities: Sequence[str], normalization: dict | None) -> list[PixelRange | None]:
-    """Per-modality ranges from a data module's ``pixel_normalization`` {name: (mean, std)}."""
+    """One range per modality of ``modalities`` (``None``: not clamped) from a ``pixel_normalization``
+    {name: (mean per channel, std per channel)} (:data:`crmt.models.protocol.PixelNormalization`: a model's,
+    linked from its data module, or a data module's); ``None`` or ``{}``: no pixel modality."""
     normalization = normalization or {}
     return [PixelRange(*map(tuple, normalization[name])) if name in normalization else None for name in modalities]
 

@@ -19,6 +19,11 @@ With ``settings.smoothing``, ``smoothing.samples`` samples spread evenly over th
 ones of each rank when the split's size is not given) are also certified by randomized smoothing
 (:class:`~crmt.robustness.smoothing.SmoothingCertifier`), per scope.
 
+Costly steps announce themselves (:meth:`RobustnessEvaluator.show_progress`,
+:mod:`~crmt.robustness.progress`): smoothing and the adaptive suite print what they run, on how many clips,
+with how many draws, steps or queries, the time left measured on their first clip or chunk, and show a bar;
+so does the radius audit when it runs the suite's attacks.
+
 Records (per sample, see :class:`~crmt.robustness.records.BatchRecords`): the label, the clean logits
 (K,), the dataset index (when the batches carry one), one bool per
 :class:`~crmt.robustness.threats.Threat` of the paper's Table 2 (True where the attacked sample is still
@@ -29,6 +34,7 @@ classified correctly), the accuracy curve (R,) over ``curve_radii`` per
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -45,6 +51,7 @@ from crmt.robustness.certificates import LipschitzEstimator, sound_pair_lipschit
 from crmt.robustness.certify import certified_radius
 from crmt.robustness.modes import float32_math
 from crmt.robustness.pgd import FGM
+from crmt.robustness.progress import Progress, plural
 from crmt.robustness.records import BatchRecords, CertifiedRadii, RobustnessResults
 from crmt.robustness.results import AuditCounts
 from crmt.robustness.settings import RobustnessSettings
@@ -151,6 +158,16 @@ class RobustnessEvaluator:
         )
         self.adaptive = AdaptiveEvaluator(model, settings, pixel_ranges, dataset_size) if settings.adaptive is not None else None
         self.seen = 0  # samples evaluated on this rank
+        self.progress: Progress | None = None
+
+    def show_progress(self, progress: Progress, samples: int | None = None) -> None:
+        """Announce smoothing, the adaptive suite and the suite's radius audit through ``progress`` (what runs,
+        on how many clips, the time left measured on their first clip or chunk, a bar); ``samples``: the test
+        samples this rank will be fed, when known. Changes no result."""
+        self.progress = progress
+        for part in (self.smoother, self.adaptive):
+            if part is not None:
+                part.progress, part.expected = progress, samples
 
     @property
     def audit_count(self) -> int:
@@ -282,7 +299,13 @@ class RobustnessEvaluator:
             start = [torch.cat([chunk.start[m] for chunk in chunks]) for m in range(len(chunks[0].start))]
             labels, logits = torch.cat([chunk.labels for chunk in chunks]), torch.cat([chunk.logits for chunk in chunks])
             radius = certified_radius(logits, labels, table.to(logits.device))
-            with torch.inference_mode(False), float32_math():
+            announce = self.progress is not None and suite is not None
+            timed = self.progress.timed("Radius audit", (
+                f"l2-PGD ({self.settings.audit_steps} steps), then the suite's APGD-CE and APGD-T on the clips it "
+                f"left standing, at {self.settings.audit_fraction} x each estimated radius, "
+                f"{plural(int(labels.shape[0]), 'clip')}" + (" of this rank" if self.progress.ranks > 1 else "")
+            )) if announce else nullcontext()
+            with timed, torch.inference_mode(False), float32_math():
                 outcome = audit_radii(
                     self.model, inputs, labels, radius, self.pixel_ranges,
                     steps=self.settings.audit_steps, fraction=self.settings.audit_fraction, start=start,

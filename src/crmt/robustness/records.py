@@ -56,7 +56,7 @@ SOUND_LIPSCHITZ_SOURCE = "sound upper bound"
 @dataclass
 class CertifiedRadii:
     """Every sample's certified radius (N,) per scope from one pair Lipschitz table (M, K, K):
-    the multi-modal radius (Proposition 3.4) and each modality's uni-modal radius (method.md §1-§2);
+    the multi-modal radius (Theorems 3.3 and 3.5) and each modality's uni-modal radius (Proposition 3.4; method.md §1-§2);
     ``lipschitz`` says where the table's constants come from."""
 
     lipschitz: str

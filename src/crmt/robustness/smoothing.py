@@ -26,6 +26,7 @@ per-sample functions, one (B, ...) tensor per modality for :meth:`SmoothingCerti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from scipy.stats import beta, binomtest, norm
 from crmt.distributed import AllGather, gather_rows
 from crmt.models.protocol import MultiModalModel
 from crmt.robustness.modes import eval_mode, float32_math
+from crmt.robustness.progress import CostTask, Progress, plural
 
 ABSTAIN: int = -1
 """The class returned when the smoothed classifier's top class is not significant."""
@@ -233,9 +235,19 @@ class SmoothingCertifier:
     test split's), the certified samples are the ``settings.samples`` dataset indices of
     :func:`evenly_spaced`, whichever rank meets them; without it, the first ``settings.samples`` each
     rank meets. Usage: :meth:`update` on every test batch, then :meth:`finalize` on every rank.
+
+    With ``progress`` (a :class:`~crmt.robustness.progress.Progress`), the certification announces itself
+    before its first clip (the clips, all ranks' and this rank's, the scopes and the draws per clip), prints
+    the time left measured on that first clip (its seconds times the clips still to come on this rank), shows
+    a bar over this rank's clips and prints its total once done (in :meth:`finalize` at the latest);
+    ``expected`` (the test samples this rank will be fed, when known) sizes the counts where the split's size
+    does not. Timing changes no draw.
     """
 
-    def __init__(self, model: MultiModalModel, settings: SmoothingSettings, dataset_size: int | None = None) -> None:
+    def __init__(
+        self, model: MultiModalModel, settings: SmoothingSettings, dataset_size: int | None = None,
+        progress: Progress | None = None, expected: int | None = None,
+    ) -> None:
         if JOINT_SCOPE in model.modalities:
             raise ValueError(f"a modality named {JOINT_SCOPE!r} would clash with the joint scope")
         self.model = model
@@ -248,6 +260,38 @@ class SmoothingCertifier:
         self.labels: list[int] = []
         self.indices: list[int] = []
         self.chosen = None if settings.samples is None or dataset_size is None else evenly_spaced(dataset_size, settings.samples)
+        self.progress = progress
+        self.expected = expected
+        self.task: CostTask | None = None
+
+    def clip_counts(self) -> tuple[int | None, int | None]:
+        """(all ranks', this rank's) clips to certify, None where unknown. With the split's size, all ranks'
+        are the chosen indices, this rank's its share (about 1 / ranks of them: the chosen indices are spread
+        evenly, and so are the ranks' shards); without it, every rank certifies the first ``samples`` of the
+        ``expected`` clips it is fed."""
+        ranks = self.progress.ranks if self.progress is not None else 1
+        if self.chosen is not None:
+            total = len(self.chosen)
+            here = total if ranks == 1 else math.ceil(total / ranks)
+            return total, here if self.expected is None else min(here, self.expected)
+        if self.expected is None:
+            return (self.settings.samples * ranks, self.settings.samples) if self.settings.samples is not None else (None, None)
+        here = self.expected if self.settings.samples is None else min(self.settings.samples, self.expected)
+        return here * ranks, here
+
+    def announcement(self) -> str:
+        """What :meth:`update` runs: clips, scopes, draws per clip and forward passes."""
+        s = self.settings
+        total, here = self.clip_counts()
+        ranks = self.progress.ranks if self.progress is not None else 1
+        clips = "every test clip" if total is None else plural(total, "test clip")
+        if ranks > 1:
+            clips += f" (all {ranks} ranks together; {'all it is fed' if here is None else f'about {here}'} on this rank),"
+        scopes = len(self.scopes)
+        passes = scopes * (math.ceil(s.n0 / s.batch) + math.ceil(s.n / s.batch))
+        return (f"CERTIFY of {clips} in {scopes} scopes ({', '.join(self.scopes)}), n0 {s.n0} + n {s.n} = {s.n0 + s.n} "
+                f"noise draws per clip and scope ({scopes * (s.n0 + s.n)} per clip, {passes} forward passes of at most "
+                f"{s.batch} draws), sigma {s.sigma}; time left estimated from the first clip")
 
     def update(self, inputs: Sequence[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> None:
         """Certify the batch's samples that are chosen (see the class docstring).
@@ -264,7 +308,17 @@ class SmoothingCertifier:
         return self.settings.samples is None or len(self.indices) < self.settings.samples
 
     def _certify_sample(self, inputs: list[torch.Tensor], index: int) -> None:
-        """CERTIFY one sample ((1, ...) per modality) in every scope, scope s drawing from generator (seed, index, s)."""
+        """CERTIFY one sample ((1, ...) per modality) in every scope, scope s drawing from generator (seed, index, s);
+        timed and counted with ``progress``."""
+        if self.progress is None:
+            self._certify_scopes(inputs, index)
+            return
+        if self.task is None:
+            self.task = self.progress.task("Randomized smoothing", self.announcement(), self.clip_counts()[1])
+        with self.task.step(1):
+            self._certify_scopes(inputs, index)
+
+    def _certify_scopes(self, inputs: list[torch.Tensor], index: int) -> None:
         for number, (name, noised) in enumerate(self.scopes.items()):
             generator = noise_generator(self.settings.seed, index, number, inputs[0].device)
             prediction, radius = certify(self.model, inputs, noised, self.settings, generator)
@@ -274,6 +328,9 @@ class SmoothingCertifier:
     def finalize(self, all_gather: AllGather | None = None) -> dict[str, SmoothedCertificates]:
         """Keys "joint" and each modality name; every rank's samples gathered (``all_gather`` as in
         :func:`crmt.distributed.gather_rows`) in rank order, on the CPU. Every rank must call it."""
+        if self.task is not None:
+            self.task.close()
+
         def gather(values: list, dtype: torch.dtype) -> torch.Tensor:
             rows = torch.tensor(values, dtype=dtype, device=self.model.device)
             return gather_rows(all_gather, rows).cpu()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from crmt.models.protocol import Batch
-from crmt.robustness.ball import Ball, pixel_ranges_for
+from crmt.robustness.ball import Ball
 from crmt.robustness.pgd import L2PGD
 from crmt.strategies.base import MultiModalModule
 
@@ -32,13 +32,10 @@ def adversarial_batch(
 ) -> Batch:
     """``batch`` with every modality replaced by its multi-modal l2-PGD example (joint budget ``eps``).
 
-    Pixel modalities are clamped with the data module's ``pixel_normalization`` when the module
-    is attached to a trainer with a data module. Labels and indices are unchanged.
+    Pixel modalities are clamped to the module's own pixel ranges (its ``pixel_normalization``, linked
+    from the data module by the CLI). Labels and indices are unchanged.
     """
-    normalization = None
-    if module._trainer is not None and module.trainer.datamodule is not None:
-        normalization = getattr(module.trainer.datamodule, "pixel_normalization", None)
     inputs = module.inputs(batch)
-    ball = Ball.around(inputs, eps, pixel_ranges=pixel_ranges_for(module.modalities, normalization))
+    ball = Ball.around(inputs, eps, pixel_ranges=module.pixel_ranges)
     adversarial: Sequence = L2PGD(steps, step_fraction, random_start)(module, inputs, batch["label"], ball).adversarial
     return {**batch, **dict(zip(module.modalities, adversarial, strict=True))}

@@ -22,18 +22,46 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from crmt.models.encoders import build_encoder
 from crmt.models.heads import FusionOutput
 from crmt.models.noise import GaussianInputNoise, modality_sigmas
-from crmt.models.protocol import Batch, LipschitzBounded, conforms
+from crmt.models.protocol import Batch, LipschitzBounded, PixelData, PixelNormalization, conforms
+from crmt.robustness.ball import PixelRange, pixel_ranges_for
+from crmt.runs import IDENTITY_KEY, checkpoint_identity
 
 __all__ = ["Batch", "MultiModalModule", "PAPER_INPUT_SHAPES"]
 
 PAPER_INPUT_SHAPES: dict[str, list[int]] = {"visual": [3, 3, 224, 224], "audio": [1, 128, 1024]}
 """The paper's inputs: 3 RGB frames of 224x224 and a 128-bin fbank of 1024 frames (visual first, as in CRMT)."""
+
+
+def checked_pixel_normalization(
+    normalization: PixelNormalization | None, input_shapes: dict[str, list[int]]
+) -> PixelNormalization | None:
+    """``normalization`` with plain float tuples, checked against the model's inputs: every modality it names is
+    one of ``input_shapes``, with one mean and one std > 0 per channel (the first dimension of its shape)."""
+    if normalization is None:
+        return None
+    checked = {}
+    for name, value in dict(normalization).items():
+        if name not in input_shapes:
+            raise ValueError(
+                f"pixel_normalization names {name!r}, which is not one of the model's modalities {list(input_shapes)}"
+            )
+        mean, std = (tuple(float(v) for v in part) for part in value)
+        channels = input_shapes[name][0]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(
+                f"pixel_normalization[{name!r}] needs {channels} means and stds (input shape {input_shapes[name]}), "
+                f"got {mean} and {std}"
+            )
+        PixelRange(mean, std)  # std > 0
+        checked[name] = (mean, std)
+    return checked
 
 
 class MultiModalModule(LightningModule):
@@ -52,6 +80,16 @@ class MultiModalModule(LightningModule):
             every modality, or modality name -> sigma (names left out: 0). 0 adds nothing and draws
             no random numbers. Evaluation, attacks and certificates run in evaluation mode and see
             clean inputs.
+        pixel_normalization: modality name -> (mean per channel, std per channel), C values each for a
+            modality of input shape (C, ...), of the modalities whose inputs are normalised pixels
+            (x - mean_c) / std_c of p in [0, 1] (linked from the data module's ``pixel_normalization`` by
+            the CLI): adversarial training and the robustness callbacks keep attacked frames in that range
+            (:attr:`pixel_ranges`). ``None`` (or ``{}``): no pixel modality, nothing is clamped. Saved with
+            the hyperparameters, so a model loaded from its checkpoint keeps its pixel ranges.
+
+    A subclass passes the arguments it does not use itself on to this constructor (``**kwargs``, or by
+    name), so that the CLI's links from the data module (``num_classes``, ``input_shapes``,
+    ``pixel_normalization``) reach it.
     """
 
     factory_arguments: tuple[str, ...] = ("optimizer", "lr_scheduler")
@@ -67,6 +105,7 @@ class MultiModalModule(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         noise_sigma: float | dict[str, float] = 0.0,
+        pixel_normalization: PixelNormalization | None = None,
     ) -> None:
         super().__init__()
         input_shapes = {name: list(shape) for name, shape in (input_shapes or PAPER_INPUT_SHAPES).items()}
@@ -74,11 +113,19 @@ class MultiModalModule(LightningModule):
             raise ValueError(f"input_shapes needs at least two modalities, got {list(input_shapes)}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        pixel_normalization = checked_pixel_normalization(pixel_normalization, input_shapes)
         self.save_hyperparameters(ignore=list(self.factory_arguments))
         self.hparams.input_shapes = input_shapes
+        self.hparams.pixel_normalization = (
+            None if pixel_normalization is None
+            else {name: [list(mean), list(std)] for name, (mean, std) in pixel_normalization.items()}
+        )
         self.num_classes = num_classes
         self.modalities: list[str] = list(input_shapes)
         self.input_shapes = input_shapes
+        self.pixel_normalization: PixelNormalization | None = pixel_normalization
+        self.pixel_ranges: list[PixelRange | None] = pixel_ranges_for(self.modalities, pixel_normalization)
+        """One pixel range per modality in modality order (``None``: not clamped), from ``pixel_normalization``."""
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.input_noise = nn.ModuleDict(
@@ -88,6 +135,25 @@ class MultiModalModule(LightningModule):
         self.head = self.build_head([encoder.out_dim for encoder in self.encoders.values()], num_classes)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        self._check_pixel_normalization()
+
+    def _check_pixel_normalization(self) -> None:
+        """Warn when the attached data module declares other pixel modalities than this model was built with
+        (a model built by hand without ``pixel_normalization=data.pixel_normalization``, or loaded from a
+        checkpoint saved before the argument existed): its attacks would clamp frames differently."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not conforms(datamodule, PixelData):
+            return
+        declared = pixel_ranges_for(self.modalities, datamodule.pixel_normalization)
+        if declared != self.pixel_ranges:
+            rank_zero_warn(
+                f"{type(self).__name__} was built with pixel_normalization={self.pixel_normalization} but the data "
+                f"module {type(datamodule).__name__} declares {datamodule.pixel_normalization}: attacks clamp frames "
+                "with the model's (the CLI links the data module's; by hand, pass "
+                "pixel_normalization=data.pixel_normalization)"
+            )
 
     def build_encoders(self, input_shapes: dict[str, list[int]], width: int) -> nn.ModuleDict:
         """One encoder per modality (a ResNet18 chosen by the input's shape); each has ``out_dim``."""
@@ -150,6 +216,7 @@ class MultiModalModule(LightningModule):
         kind, keys, position, has_gauss, gauss = states["numpy"]
         states["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss))
         checkpoint["rng_states"] = states
+        checkpoint[IDENTITY_KEY] = checkpoint_identity(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the random state saved with the checkpoint when resuming ``fit`` (not for evaluation)."""
@@ -187,3 +254,13 @@ class MultiModalModule(LightningModule):
 
     def test_step(self, batch: Batch | None, batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Batch | None, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """``index``, ``label`` (B,) (-1 where unknown), ``probabilities`` (B, K) float32 (softmax of the
+        logits) and ``predicted`` (B,) of a batch (see :class:`crmt.callbacks.PredictionWriter`)."""
+        if batch is None:
+            return None
+        logits = self(self.inputs(batch)).logits.float()
+        index = batch["index"]
+        label = batch["label"] if "label" in batch else torch.full_like(index, -1)
+        return {"index": index, "label": label, "probabilities": logits.softmax(dim=1), "predicted": logits.argmax(dim=1)}

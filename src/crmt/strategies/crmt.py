@@ -6,9 +6,11 @@ training set (max-reduced across ranks) and the frozen uni-modal scores of every
 validation sample are cached (gathered from every rank); the checkpoint of that epoch holds
 the switch. Step 2 (the remaining epochs): only a^(m) is updated, to maximise
 the mean certified bound r_j of the runner-up class, from the cached scores; the encoders
-never run in step 2, and the training loader yields only dataset indices then (a dataset with a
-``media`` switch, as :class:`data_modules.clips.ClipDataset`, decodes nothing). After each step-2
-epoch the validation scores give the mean certified radius of the current a^(m); the model ends with the a^(m) of the best such epoch (the
+never run in step 2, which reads only the training batches' ``index`` and ``label``: CRMT asks the
+data module to leave the inputs out (:class:`~crmt.models.protocol.MediaSwitchable`, which the clip
+data modules implement, so that their step-2 epochs decode nothing) and to load them again when
+training ends. After each step-2 epoch the validation scores give the mean certified radius of the
+current a^(m); the model ends with the a^(m) of the best such epoch (the
 switch's a^(m) included) among those whose validation accuracy is not below the switch's
 (``step2_selection="best_val"``): step 2 may raise the certified bound but never at the cost
 of clean accuracy, and the test split is never looked at. The phase, tau~, a^(m), the
@@ -34,6 +36,7 @@ from torch import nn
 from crmt.distributed import gather_rows
 from crmt.losses import margin_regularizer
 from crmt.models.heads import OrthogonalFusion, integrate_scores
+from crmt.models.protocol import MediaSwitchable, PixelNormalization, conforms
 from crmt.robustness.certificates import LipschitzEstimator, score_function
 from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
 from crmt.robustness.lipschitz import GradientMethod
@@ -85,10 +88,13 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
         tau_method: GradientMethod = "loop",
         step2_selection: Literal["best_val", "last"] = "best_val",
         noise_sigma: float | dict[str, float] = 0.0,
+        pixel_normalization: PixelNormalization | None = None,
     ) -> None:
         if step2_selection not in ("best_val", "last"):
             raise ValueError(f"step2_selection must be 'best_val' or 'last', got {step2_selection!r}")
-        super().__init__(num_classes, input_shapes, encoder_width, optimizer, lr_scheduler, noise_sigma)
+        super().__init__(
+            num_classes, input_shapes, encoder_width, optimizer, lr_scheduler, noise_sigma, pixel_normalization
+        )
         self.automatic_optimization = False
         self.step2_optimizer_factory = step2_optimizer
         self.init_phases(step1_epochs, step2_epochs)
@@ -152,12 +158,25 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
             f"validation clips') cached in {time.perf_counter() - start:.1f} s"
         )
 
+    def on_train_end(self) -> None:
+        if self.in_step2:  # leave the data module as found: a later fit or pass reads the inputs again
+            self._set_training_media(True)
+
     def _set_training_media(self, enabled: bool) -> None:
-        """Switch the training samples' inputs on or off where the dataset can (a ``media`` attribute):
-        step 2 reads only ``index`` and ``label``, so its epochs decode nothing."""
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "media"):
-            dataset.media = enabled
+        """Ask the data module to leave the training samples' inputs out (``enabled=False``: step 2 reads only
+        ``index`` and ``label``, so its epochs decode nothing) or to load them again, through its declared
+        switch (:class:`~crmt.models.protocol.MediaSwitchable`). A data module without one keeps loading
+        them; switching off says so once."""
+        datamodule = self.trainer.datamodule
+        if conforms(datamodule, MediaSwitchable):
+            datamodule.set_training_media(enabled)
+        elif not enabled:
+            source = "no data module" if datamodule is None else f"the data module {type(datamodule).__name__}"
+            rank_zero_info(
+                f"CRMT step 2 reads only the training batches' index and label, but {source} has no "
+                "set_training_media (crmt.models.protocol.MediaSwitchable): its training batches keep loading "
+                "their inputs"
+            )
 
     def _use_rank_zero_buffers(self) -> None:
         """Give every DDP rank rank 0's buffers (BatchNorm running statistics), the ones checkpoints hold.

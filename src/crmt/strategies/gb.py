@@ -6,7 +6,8 @@ concat head is used at evaluation. A deterministic ``holdout_fraction`` of the t
 is excluded from this loss. Every ``super_epoch`` epochs, before the epoch's training, the
 weights are re-estimated: each branch is forked (deep copies of its encoders and head, a fresh
 optimiser) and trained alone, by a Lightning Trainer of its own (:class:`BranchFit`), for
-``estimation_epochs`` epochs on the rest of the training set;
+``estimation_epochs`` epochs on the rest of the training set, whose batches reach it as every
+strategy's do: from a data module (:class:`ForkData`) with the run's data module's transfer hooks;
 its mean losses on V and on an equally large probe of the training part, before and after,
 give the generalisation gain dG = L^V_N - L^V_{N+n} and the overfitting change
 dO = O_{N+n} - O_N with O = L^V - L^T, and w_k = max(dG_k, 0) / (dO_k^2 + epsilon), normalised
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.fabric.plugins.environments import LightningEnvironment
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -71,21 +73,13 @@ class MultiModalBranch(nn.Module):
 class BranchFit(LightningModule):
     """A forked branch as a LightningModule: minimise CE(branch(x), y) with a fresh optimiser.
 
-    ``branch`` maps inputs in ``modalities`` order to logits (B, K). ``after_transfer`` does to each
-    batch on the device what the calling run's data module does (e.g. normalise uint8 pixels): this
-    module's Trainer has no data module.
+    ``branch`` maps inputs in ``modalities`` order to logits (B, K). Its batches come as every strategy's
+    do: from a data module (:class:`ForkData`) whose batch-transfer hooks its Trainer runs.
     """
 
-    def __init__(
-        self, branch: nn.Module, modalities: Sequence[str], optimizer: OptimizerCallable,
-        after_transfer: Callable[[Batch], Batch],
-    ) -> None:
+    def __init__(self, branch: nn.Module, modalities: Sequence[str], optimizer: OptimizerCallable) -> None:
         super().__init__()
         self.branch, self.modalities, self.optimizer_factory = branch, list(modalities), optimizer
-        self.after_transfer = after_transfer
-
-    def on_after_batch_transfer(self, batch: Batch | None, dataloader_idx: int) -> Batch | None:
-        return None if batch is None else self.after_transfer(batch)
 
     def training_step(self, batch: Batch | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every clip of the batch failed to decode and was skipped
@@ -96,14 +90,41 @@ class BranchFit(LightningModule):
         return self.optimizer_factory(self.branch.parameters())
 
 
-def fit_alone(module: LightningModule, loader: DataLoader, epochs: int, device: torch.device) -> None:
-    """Train ``module`` on ``loader`` for ``epochs`` epochs with a Trainer of its own on ``device``
+class ForkData(LightningDataModule):
+    """What a fork trains on, as a data module: ``loader`` (some of the run's training samples, through the
+    run's dataset and collate) and the batch-transfer hooks of the run's data module ``source``, so that the
+    fork's Trainer moves and prepares each batch (e.g. normalises uint8 pixels on the device) as the run's
+    Trainer does with ``source``'s own batches. Without a ``source`` (a run fitted on bare loaders), Lightning's
+    default transfer."""
+
+    def __init__(self, loader: DataLoader, source: LightningDataModule | None) -> None:
+        super().__init__()
+        self.loader, self.source = loader, source
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        hooks = self.source if self.source is not None else super()
+        return hooks.on_before_batch_transfer(batch, dataloader_idx)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        hooks = self.source if self.source is not None else super()
+        return hooks.transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        hooks = self.source if self.source is not None else super()
+        return hooks.on_after_batch_transfer(batch, dataloader_idx)
+
+
+def fit_alone(module: LightningModule, data: LightningDataModule, epochs: int, device: torch.device) -> None:
+    """Train ``module`` on ``data`` for ``epochs`` epochs with a Trainer of its own on ``device``
     (one process, whatever launched the calling run: no logger, checkpoints, progress bar or info messages)."""
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)
     try:
-        _fork_trainer(epochs, device).fit(module, train_dataloaders=loader)
+        _fork_trainer(epochs, device).fit(module, datamodule=data)
     finally:
         lightning_log.setLevel(level)
 
@@ -228,8 +249,8 @@ class GradientBlending(JointTraining):
         generalisation, overfitting = [], []
         for branch in self.branches():
             holdout_before, probe_before = self._mean_loss(branch, holdout), self._mean_loss(branch, probe)
-            fork = BranchFit(branch, self.modalities, self.optimizer_factory, self._after_transfer)
-            fit_alone(fork, training_part, epochs, self.device)
+            fork = BranchFit(branch, self.modalities, self.optimizer_factory)
+            fit_alone(fork, ForkData(training_part, self.trainer.datamodule), epochs, self.device)
             holdout_after, probe_after = self._mean_loss(branch, holdout), self._mean_loss(branch, probe)
             generalisation.append(holdout_before - holdout_after)
             overfitting.append((holdout_after - probe_after) - (holdout_before - probe_before))
@@ -246,18 +267,14 @@ class GradientBlending(JointTraining):
 
     @torch.no_grad()
     def _mean_loss(self, branch: nn.Module, loader: DataLoader) -> float:
-        """Mean CE of ``branch`` over ``loader`` in evaluation mode."""
+        """Mean CE of ``branch`` over ``loader`` in evaluation mode, its batches moved to the device by this run's
+        Trainer (with the data module's transfer hooks)."""
         total, count = 0.0, 0
         with eval_mode(branch):
             for batch in self._device_batches(loader):
                 total += F.cross_entropy(branch(self.inputs(batch)), batch["label"], reduction="sum").item()
                 count += batch["label"].shape[0]
         return total / max(count, 1)
-
-    def _after_transfer(self, batch: Batch) -> Batch:
-        """What the run's data module does to a batch on the device."""
-        datamodule = self.trainer.datamodule
-        return batch if datamodule is None else datamodule.on_after_batch_transfer(batch, 0)
 
     def _device_batches(self, loader: DataLoader) -> Iterator[Batch]:
         for batch in loader:

@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from crmt.models.heads import FusionOutput
+from crmt.models.protocol import PixelNormalization
 from crmt.models.transformer import (
     CrossModalTransformer,
     ModalityTransformer,
@@ -58,9 +59,9 @@ class TransformerStreams:
 class MultiModalTransformer(TransformerStreams, JointTraining):
     """MMT: CE on a concat head over the class tokens, h = W [CLS_v; CLS_a] + b.
 
-    Args (besides ``num_classes``, ``input_shapes``, ``optimizer``, ``lr_scheduler``, ``noise_sigma``): the
-    :class:`TransformerConfig` fields (token width, per-modality and cross-modal depths, heads,
-    patch size, MLP ratio, dropout); the proposal of baselines.md §8 by default.
+    Args (besides ``num_classes``, ``input_shapes``, ``optimizer``, ``lr_scheduler``, ``noise_sigma``,
+    ``pixel_normalization``): the :class:`TransformerConfig` fields (token width, per-modality and
+    cross-modal depths, heads, patch size, MLP ratio, dropout); the proposal of baselines.md §8 by default.
     """
 
     def __init__(
@@ -77,9 +78,11 @@ class MultiModalTransformer(TransformerStreams, JointTraining):
         mlp_ratio: int = 4,
         dropout: float = 0.1,
         noise_sigma: float | dict[str, float] = 0.0,
+        pixel_normalization: PixelNormalization | None = None,
     ) -> None:
         super().__init__(
-            num_classes, input_shapes, optimizer=optimizer, lr_scheduler=lr_scheduler, noise_sigma=noise_sigma
+            num_classes, input_shapes, optimizer=optimizer, lr_scheduler=lr_scheduler, noise_sigma=noise_sigma,
+            pixel_normalization=pixel_normalization,
         )
 
 
@@ -109,6 +112,7 @@ class CRMTMultiModalTransformer(TransformerStreams, CRMTJointTraining):
         mlp_ratio: int = 4,
         dropout: float = 0.1,
         noise_sigma: float | dict[str, float] = 0.0,
+        pixel_normalization: PixelNormalization | None = None,
     ) -> None:
         if step2_epochs != 0:
             raise ValueError(
@@ -125,6 +129,7 @@ class CRMTMultiModalTransformer(TransformerStreams, CRMTJointTraining):
             step2_epochs=0,
             init_integration=init_integration,
             noise_sigma=noise_sigma,
+            pixel_normalization=pixel_normalization,
         )
 
     def on_fit_start(self) -> None:
