@@ -98,11 +98,12 @@ def test_predict_on_a_manifest_of_own_clips_without_labels(finished_run, tmp_pat
     output = tmp_path / "mine.csv"
     main(["predict", "--run", str(finished_run), "--data=data_modules.ClipDataModule",
           f"--data.init_args.manifest={tmp_path / 'manifest.csv'}", "--data.init_args.num_workers=0",
-          f"--predictions.output={output}"])
+          f"--predictions.output={output}", "--predictions.smoothed=false"])
     with open(output, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(row["clip"]).name for row in rows] == [c.name for c in clips]
     assert [row["label"] for row in rows] == ["", "", ""]
+    assert "smoothed" not in rows[0], "--predictions.smoothed false leaves the smoothed column out"
 
 
 def test_a_checkpoint_of_another_experiment_is_refused(finished_run, tmp_path):

@@ -37,17 +37,24 @@ class ClipNames(Protocol):
 class PredictionWriter(BasePredictionWriter):
     """Writes the rows of ``python -m crmt predict`` to ``output`` (default ``<run folder>/predictions.csv``,
     ``predictions.csv`` without a logger); ``smoothing``: the smoothed prediction's settings (``sigma``,
-    ``n``, ``alpha``, ``batch``, ``seed``; None: no ``smoothed`` column). Under DDP every rank predicts its
-    shard and rank zero writes all rows."""
+    ``n``, ``alpha``, ``batch``, ``seed``; the CLI gives it the report's); ``smoothed``: whether to add the
+    ``smoothed`` column when there are such settings (its cost, n forward draws per clip, is announced
+    first). Under DDP every rank predicts its shard and rank zero writes all rows."""
 
-    def __init__(self, output: str | None = None, smoothing: SmoothingSettings | None = None) -> None:
+    def __init__(self, output: str | None = None, smoothing: SmoothingSettings | None = None, smoothed: bool = True) -> None:
         super().__init__(write_interval="batch")
         self.output = output
-        self.smoothing = smoothing
+        self.smoothing = smoothing if smoothed else None
         self.rows: list[dict[str, Any]] = []
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.rows = []
+        if self.smoothing is not None:
+            rank_zero_info(
+                f"Smoothed prediction: Cohen et al.'s PREDICT of every clip with n {self.smoothing.n} noise draws "
+                f"(sigma {self.smoothing.sigma}, noise on every modality), {-(-self.smoothing.n // self.smoothing.batch)} "
+                "forward passes per clip; --predictions.smoothed false leaves it out"
+            )
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         if prediction is None:
