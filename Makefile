@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DATA ?=
 ROOT ?=
 WORKERS ?= 2
-SEEDS ?= 1
+SEEDS ?= 5
 SUITE ?=
 
 .DEFAULT_GOAL := help
@@ -58,7 +58,7 @@ predict: $(STAMP) ## one row per clip (class, probabilities, smoothed class or a
 	@test -n "$(RUN)" || { echo "make predict needs RUN=<run id or folder> (see runs/crmt/)"; exit 2; }
 	$(BIN)/python -m crmt predict --run $(RUN) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(DATA),--config $(call DATA_CONFIG)) $(ARGS)
 
-compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 on DATA (default: embedded; a real dataset at the paper's scale): mean +/- std tables, orderings judged on the adaptive suite (SUITE=, default standard): make compare EXPS="jt crmt_jt crmt_at" SEEDS=3
+compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 on DATA (default: embedded; a real dataset at the paper's scale): mean +/- std tables, orderings judged on the adaptive suite (SUITE=, default standard) with the difference each could detect; SEEDS=5 by default (power >= 0.9 for the headline orderings): make compare EXPS="jt crmt_jt crmt_at" SUITE=medium
 	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(DATA),--data $(DATA)) $(if $(SUITE),--suite $(SUITE)) $(if $(ARGS),--args "$(ARGS)")
 
 sweep: $(STAMP) ## create the W&B sweep experiments/sweeps/$(SWEEP).yaml (needs `wandb login`)

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from crmt import compare
-from crmt.compare_report import SeedRun, load_run, pair_outcomes, write_comparison
+from crmt.compare_report import PairedOutcomes, SeedRun, load_run, pair_outcomes, preference_claims, write_comparison
 from crmt.robustness.results import (
     AccuracyCurves,
     AdaptiveSummary,
@@ -30,7 +30,7 @@ from crmt.robustness.sanity import SanityCheck
 from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.smoothing import SmoothingSettings
 from crmt.robustness.suite import SUITES, AdaptiveSettings
-from crmt.robustness.threats import Scope
+from crmt.robustness.threats import Scope, Threat
 from crmt.statistics import (
     absolute_gap,
     mean_accuracy,
@@ -387,7 +387,7 @@ def test_smoothing_orderings_are_judged_on_the_certified_clips(tmp_path):
         assert claim["verdict"] == expected
     assert claims["CRMT-JT above JT, smoothed certified accuracy, audio only"]["verdict"] == "within noise"
     text = markdown.read_text(encoding="utf-8")
-    assert "- CRMT-JT + noise above JT + noise, smoothed certified accuracy, joint: holds: difference +" in text
+    assert "| CRMT-JT + noise above JT + noise, smoothed certified accuracy, joint | holds | +" in text
 
 
 def test_smoothing_orderings_refuse_different_certified_clips(tmp_path):
@@ -484,8 +484,8 @@ def test_orderings_are_judged_on_the_adaptive_evaluation_with_the_papers_protoco
     assert protocols["gap between uni-modal Adaptive on visual and on audio smaller for CRMT-JT than JT"] == "adaptive"
     text = markdown.read_text(encoding="utf-8")
     judged, reference = text.split("### The same orderings under the paper's attack protocol")
-    assert "CRMT-JT above JT, Adaptive:" in judged and "CRMT-JT above JT, PGD-l2:" not in judged
-    assert "CRMT-JT above JT, PGD-l2:" in reference and "Adaptive" not in reference.split("## Wall time")[0]
+    assert "| CRMT-JT above JT, Adaptive |" in judged and "| CRMT-JT above JT, PGD-l2 |" not in judged
+    assert "| CRMT-JT above JT, PGD-l2 |" in reference and "Adaptive" not in reference.split("## Wall time")[0]
     assert results["adaptive"]["jt"]["flags"] == {"0": [], "1": ["black_box"]}
     assert "seed 0: none; seed 1: black_box" in text and "| Adaptive |" in text
 
@@ -606,6 +606,8 @@ def test_unchanged_runs_are_reused_and_changes_trigger_reruns(project, monkeypat
     (project / "src" / "crmt").mkdir(parents=True)
     (project / "src" / "crmt" / "compare_report.py").write_text("# reads finished runs\n", encoding="utf-8")
     assert "reusing" in run(extra=["--trainer.max_epochs", "2"]), "the comparison's own code is not part of a run"
+    (project / "src" / "crmt" / "power.py").write_text("# projects finished runs\n", encoding="utf-8")
+    assert "reusing" in run(extra=["--trainer.max_epochs", "2"]), "nor is the power projection's"
     (project / "src" / "crmt" / "losses.py").write_text("# a training module\n", encoding="utf-8")
     assert "config files changed" in run(extra=["--trainer.max_epochs", "2"]) and len(fake.commands) == 18
 
@@ -640,3 +642,139 @@ def test_main_writes_the_comparison_of_seeded_runs(project, monkeypatch):
     assert "S = 2 seed(s) (3, 5)" in markdown.read_text(encoding="utf-8")
     with pytest.raises(SystemExit):
         compare.main(["jt", "--seeds", "2", "--seed-list", "1"])
+
+
+# --- power: the detectable difference beside each verdict, the seeds needed ----------------------------------------------
+
+Z975, Z80 = 1.959963984540054, 0.8416212335729143
+
+
+def test_each_verdict_states_the_difference_it_could_have_detected(tmp_path):
+    """compare.json: per comparison, (z_0.975 + z_0.80) x its bootstrap SE, and "underpowered" when within noise
+    below it; compare.md: that number in the column "detectable at 80% power" beside the verdict."""
+    runs = _fake_runs(tmp_path)
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=500)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    text = markdown.read_text(encoding="utf-8")
+    assert "| ordering | verdict | difference | 95% interval | SE | detectable at 80% power | statistic |" in text
+    for claim in results["claims"]:
+        for comparison in claim["comparisons"]:
+            result = comparison["bootstrap"]
+            assert comparison["detectable_at_80_power"] == pytest.approx((Z975 + Z80) * result["standard_error"], rel=1e-9)
+            assert comparison["underpowered"] == (
+                comparison["verdict"] == "within noise" and abs(result["observed"]) < comparison["detectable_at_80_power"]
+            )
+    claims = {claim["claim"]: claim["comparisons"][0] for claim in results["claims"]}
+
+    def row(name: str) -> str:
+        comparison = claims[name]
+        result = comparison["bootstrap"]
+        low, high = result["interval"]
+        label = comparison["verdict"] + (" (underpowered)" if comparison["underpowered"] else "")
+        return (f"| {name} | {label} | {result['observed']:+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                f"{result['standard_error']:.3f} | {(Z975 + Z80) * result['standard_error']:.3f} |")
+
+    clean = claims["CRMT-JT above JT, clean"]  # 0.95 vs 0.9 on 3 x 60 clips: too small a difference for this run
+    assert clean["verdict"] == "within noise" and clean["underpowered"]
+    assert row("CRMT-JT above JT, clean").startswith("| CRMT-JT above JT, clean | within noise (underpowered) |")
+    pgd = claims["CRMT-JT above JT, PGD-l2"]  # 0.8 vs 0.3
+    assert pgd["verdict"] == "holds" and not pgd["underpowered"]
+    for name in ("CRMT-JT above JT, clean", "CRMT-JT above JT, PGD-l2", "CRMT-AT above JT, FGM"):
+        assert row(name) in text
+    gap = "gap between uni-modal PGD-l2 on visual and on audio smaller for CRMT-JT than JT"
+    assert f"| {gap} | " in text and "\\|acc(pgd_visual) - acc(pgd_audio)\\|" in text  # the pipes escaped
+
+
+def _components_by_hand(d: np.ndarray) -> tuple[float, float, float]:
+    """tau2, kappa2, sigma2 of an (S, N) array by the two-way ANOVA's sums of squares."""
+    seeds, clips = d.shape
+    total = d.mean()
+    ss_seed = clips * sum((row.mean() - total) ** 2 for row in d)
+    ss_clip = seeds * sum((column.mean() - total) ** 2 for column in d.T)
+    ss_residual = ((d - total) ** 2).sum() - ss_seed - ss_clip
+    ms_residual = ss_residual / ((seeds - 1) * (clips - 1))
+    return (max(0.0, (ss_seed / (seeds - 1) - ms_residual) / clips),
+            max(0.0, (ss_clip / (clips - 1) - ms_residual) / seeds), ms_residual)
+
+
+def test_compare_md_ends_with_the_seeds_each_headline_ordering_needs(tmp_path):
+    runs = _fake_runs(tmp_path)
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=300)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    text = markdown.read_text(encoding="utf-8")
+    last = text.split("\n## ")[-1]
+    assert last.startswith("Seeds needed\n") and "| seeds needed (80% power) |" in last
+    power = results["power"]
+    assert [(o["a"], o["b"], o["key"]) for o in power["orderings"]] == [
+        ("crmt_jt", "jt", "clean"), ("crmt_jt", "jt", "pgd"), ("crmt_at", "jt", "clean"), ("crmt_at", "jt", "pgd"),
+    ]  # the fake runs have no adaptive evaluation
+    assert power["cost_per_seed_seconds"] == pytest.approx(3 * 11.0)  # wall times 10, 11, 12 s per method
+    outcomes = pair_outcomes(runs)
+    for ordering in power["orderings"]:
+        d = outcomes.correct[ordering["a"]][ordering["key"]] - outcomes.correct[ordering["b"]][ordering["key"]]
+        tau2, kappa2, sigma2 = _components_by_hand(d)
+        assert (ordering["components"]["seed"], ordering["components"]["clip"], ordering["components"]["residual"]) == \
+            pytest.approx((tau2, kappa2, sigma2), rel=1e-9, abs=1e-12)
+
+        def detectable(s: int, n: int = 60, tau2=tau2, kappa2=kappa2, sigma2=sigma2) -> float:
+            boot = tau2 * (s - 1) / s**2 + kappa2 * (n - 1) / n**2 + sigma2 * (3 * s * n - 2 * s - 2 * n + 1) / (s * n) ** 2
+            return Z975 * np.sqrt(boot) + Z80 * np.sqrt(tau2 / s + kappa2 / n + sigma2 / (s * n))
+
+        needed = next((s for s in range(2, 201) if detectable(s) <= abs(d.mean())), None)
+        assert ordering["seeds_needed"] == needed
+        label = {"clean": "clean", "pgd": "PGD-l2 (paper, joint)"}[ordering["key"]]
+        name = f"{'CRMT-JT' if ordering['a'] == 'crmt_jt' else 'CRMT-AT'} above JT, {label}"
+        cells = " | ".join(f"{detectable(s):.3f}" for s in (3, 5, 8, 12, 20))
+        assert f"| {name} | {d.mean():+.3f} | {cells} | " in last
+    pgd = next(o for o in power["orderings"] if o["a"] == "crmt_jt" and o["key"] == "pgd")
+    assert pgd["seeds_needed"] == 2  # 0.8 vs 0.3: settled by 2 seeds already
+
+
+def test_one_seed_cannot_project_the_seeds_needed(tmp_path):
+    runs = _fake_runs(tmp_path, seeds=(0,))
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=100)
+    assert json.loads(results_path.read_text(encoding="utf-8"))["power"]["orderings"] == []
+    assert "one seed cannot tell the seed-to-seed variance" in markdown.read_text(encoding="utf-8").split("## Seeds needed")[1]
+
+
+def test_power_cli_reads_a_comparison_folder(tmp_path, capsys):
+    from crmt import power
+    from crmt.compare_report import load_comparison_runs
+
+    runs = _fake_runs(tmp_path)
+    (tmp_path / "jt" / "seed3").mkdir()  # an unfinished run of one method: not a common seed
+    loaded = load_comparison_runs(tmp_path)
+    assert list(loaded) == ["jt", "crmt_jt", "crmt_at"] and [run.seed for run in loaded["jt"]] == [0, 1, 2]
+    assert loaded["crmt_at"][1].per_sample == runs["crmt_at"][1].per_sample
+    with pytest.raises(FileNotFoundError, match="ojt"):
+        load_comparison_runs(tmp_path, ["jt", "ojt"])
+    text = power.main([str(tmp_path), "--seeds", "3", "5", "--check", "--replicates", "300"])
+    assert text == capsys.readouterr().out.rstrip("\n")
+    outcomes = pair_outcomes(runs)
+    d = outcomes.correct["crmt_at"]["pgd"] - outcomes.correct["jt"]["pgd"]
+    assert f"CRMT-AT above JT, PGD-l2 (paper, joint): difference {d.mean():+.3f} on S = 3 x N = 60" in text
+    assert text.count("check, S = 2 of 3: bootstrap SE per subset") == 4
+    assert "33 s of recorded run time per seed" in text
+
+
+def test_preference_claims_judge_the_attack_on_the_preferred_modality_within_each_method():
+    """JT's accuracy under the audio attack is lower on every clip where it differs (holds, with the observed
+    difference the plain mean difference); a method with equal accuracies is within noise; missing likewise."""
+    rng = np.random.default_rng(0)
+    seeds, clips = 3, 200
+    strong = (rng.random((seeds, clips)) < 0.8).astype(float)
+    weak = strong * (rng.random((seeds, clips)) < 0.5)
+    correct = {
+        "jt": {"pgd_visual": strong, "pgd_audio": weak, "missing_visual": strong, "missing_audio": weak},
+        "crmt_jt": {"pgd_visual": strong, "pgd_audio": strong, "missing_visual": strong, "missing_audio": strong},
+    }
+    outcomes = PairedOutcomes(list(range(seeds)), np.tile(np.arange(clips), (seeds, 1)), correct)
+    threats = [Threat("pgd", ("visual",), 8.0), Threat("pgd", ("audio",), 8.0),
+               Threat("missing", ("visual",)), Threat("missing", ("audio",))]
+    claims = {claim.text: claim for claim in preference_claims(outcomes, threats, replicates=500)}
+    jt = claims["JT: uni-modal PGD-l2 on audio more effective than on visual"]
+    assert jt.verdict == "holds" and jt.protocol == "paper"
+    assert jt.comparisons[0].bootstrap.observed == pytest.approx(strong.mean() - weak.mean())
+    assert claims["JT: losing audio costs more than losing visual"].verdict == "holds"
+    assert claims["CRMT-JT: uni-modal PGD-l2 on audio more effective than on visual"].verdict == "within noise"
+    assert preference_claims(outcomes, threats, preferred="depth", replicates=50) == []

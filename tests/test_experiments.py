@@ -159,7 +159,7 @@ def test_a_run_reads_the_experiment_then_the_scale_then_the_data():
     ]
     with pytest.raises(FileNotFoundError, match=r"'mmt' has no paper-scale schedule: No published setting.*SCALE="):
         config_files("mmt", "ucf101")  # refused: experiments/scale/paper/mmt.refused (tests/test_paper_scale.py)
-    with pytest.raises(FileNotFoundError, match=r"data 'kinetics'.*data configs: cremad, embedded, embedded_misleading, ks"):
+    with pytest.raises(FileNotFoundError, match=r"data 'kinetics'.*data configs: cremad, embedded, embedded_balanced, embedded_misleading, ks"):
         config_files("jt", "kinetics")
 
 

@@ -1,7 +1,8 @@
 """The results of a multi-seed comparison (``python -m crmt.compare``): finished runs loaded and
 paired by test clip, mean ± std tables over seeds, the paper's orderings judged by the paired
-two-level bootstrap of :mod:`crmt.statistics`, and the files ``compare.md``, ``compare.json`` and
-``ablation.png``.
+two-level bootstrap of :mod:`crmt.statistics` (each beside the difference it could have detected at
+80% power), the seeds the headline orderings need (:mod:`crmt.power`), and the files ``compare.md``,
+``compare.json`` and ``ablation.png``.
 
 Every function here reads finished run folders (``metrics.json``, ``per_sample.json``, ``run.json``)
 and trains nothing; :mod:`crmt.compare` runs the experiments.
@@ -17,16 +18,26 @@ from pathlib import Path
 
 import numpy as np
 
+from crmt.power import (
+    PROJECTED_SEEDS,
+    OrderingPower,
+    cost_per_seed,
+    headline_power,
+    projection_table,
+)
 from crmt.robustness.figures import plot_accuracy_vs_radius
 from crmt.robustness.report import markdown_table
 from crmt.robustness.results import Certificate, RobustnessMetrics
 from crmt.robustness.threats import KIND_TITLES, MULTIMODAL_KEY, Scope, Threat
 from crmt.statistics import (
+    POWER,
+    SIGNIFICANCE,
     BootstrapResult,
     Statistic,
     Verdict,
     absolute_gap,
     mean_accuracy,
+    minimum_detectable_difference,
     overall_verdict,
     paired_bootstrap,
     seed_mean_std,
@@ -50,6 +61,14 @@ TEST_DESCRIPTION = (
     "for both methods, and recomputes the statistic of each; the interval is the 2.5th-97.5th percentile "
     "of the replicated differences. holds: the interval lies entirely on the claimed side of 0; reversed: "
     "entirely on the other side; within noise: it contains 0."
+)
+DETECTABLE_DESCRIPTION = (
+    f"Detectable at {POWER:.0%} power: (z_{1 - SIGNIFICANCE / 2:g} + z_{POWER:g}) x SE = "
+    f"{minimum_detectable_difference(1.0):.2f} SE, the smallest true difference that this run would have "
+    f"settled (holds or reversed) with probability {POWER:.0%} at the two-sided {SIGNIFICANCE:.0%} level, "
+    "assuming the bootstrap distribution of the difference is about normal. \"within noise (underpowered)\": "
+    "the observed difference is smaller than that, so the run could not have detected a difference of its "
+    "size; it is no evidence that the methods are equal."
 )
 
 
@@ -76,6 +95,29 @@ def load_run(name: str, seed: int, folder: Path) -> SeedRun:
     if record_path.is_file():
         wall = json.loads(record_path.read_text(encoding="utf-8")).get("wall_seconds")
     return SeedRun(name, seed, folder, metrics, per_sample, wall)
+
+
+def load_comparison_runs(folder: Path, names: Sequence[str] | None = None) -> dict[str, list[SeedRun]]:
+    """The finished runs of a comparison's output folder, ``<folder>/<name>/seed<s>/`` holding
+    ``metrics.json`` and ``per_sample.json``: per experiment (``names``, default every one found: those
+    of :data:`LABELS` in its order, then the others by name), its runs of the seeds that every
+    experiment has, in increasing seed order."""
+    folder = Path(folder)
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.glob("*/seed*/per_sample.json")):
+        run = path.parent
+        suffix = run.name.removeprefix("seed")
+        if suffix.isdigit() and (run / "metrics.json").is_file():
+            found.setdefault(run.parent.name, {})[int(suffix)] = run
+    known = list(LABELS)
+    chosen = list(names) if names else sorted(found, key=lambda n: (n not in known, known.index(n) if n in known else 0, n))
+    missing = [name for name in chosen if name not in found]
+    if not chosen or missing:
+        raise FileNotFoundError(f"no finished runs of {missing or 'any experiment'} under {folder}")
+    seeds = sorted(set.intersection(*(set(found[name]) for name in chosen)))
+    if not seeds:
+        raise FileNotFoundError(f"the experiments under {folder} share no seed")
+    return {name: [load_run(name, seed, found[name][seed]) for seed in seeds] for name in chosen}
 
 
 @dataclass(frozen=True)
@@ -336,9 +378,22 @@ class Comparison:
     bootstrap: BootstrapResult
     verdict: Verdict
 
+    @property
+    def detectable(self) -> float:
+        """The difference detectable at 80% power, (z_0.975 + z_0.80) x the bootstrap SE
+        (:func:`crmt.statistics.minimum_detectable_difference`)."""
+        return minimum_detectable_difference(self.bootstrap.standard_error)
+
+    @property
+    def underpowered(self) -> bool:
+        """Within noise, and the observed difference smaller than the detectable one."""
+        return self.verdict == "within noise" and abs(self.bootstrap.observed) < self.detectable
+
     def as_dict(self) -> dict:
         result = asdict(self)
         result["bootstrap"]["interval"] = list(self.bootstrap.interval)
+        result["detectable_at_80_power"] = self.detectable
+        result["underpowered"] = self.underpowered
         return result
 
 
@@ -466,23 +521,90 @@ def _signed(value: float) -> str:
     return f"{value:+.3f}"
 
 
-def comparison_line(comparison: Comparison) -> str:
-    """``<verdict>: difference +d (95% interval [lo, hi], SE s); <statistic>: a x vs b y``."""
+ORDERING_HEADER = ("ordering", "verdict", "difference", "95% interval", "SE", f"detectable at {POWER:.0%} power", "statistic")
+"""The columns of the orderings' tables in ``compare.md``."""
+
+
+def verdict_cell(comparison: Comparison) -> str:
+    """The verdict, ``within noise (underpowered)`` when the difference is below the detectable one."""
+    return f"{comparison.verdict} (underpowered)" if comparison.underpowered else comparison.verdict
+
+
+def comparison_cells(comparison: Comparison) -> list[str]:
+    """verdict, difference, interval, SE, detectable difference, statistic (A value vs B value)."""
     result = comparison.bootstrap
     low, high = result.interval
-    return (
-        f"{comparison.verdict}: difference {_signed(result.observed)} ({result.confidence:.0%} interval "
-        f"[{_signed(low)}, {_signed(high)}], SE {result.standard_error:.3f}); {comparison.statistic}: "
-        f"{comparison.a} {comparison.value_a:.3f} vs {comparison.b} {comparison.value_b:.3f}"
-    )
+    return [
+        verdict_cell(comparison), _signed(result.observed), f"[{_signed(low)}, {_signed(high)}]",
+        f"{result.standard_error:.3f}", f"{comparison.detectable:.3f}",
+        f"{comparison.statistic}: {comparison.a} {comparison.value_a:.3f} vs {comparison.b} {comparison.value_b:.3f}",
+    ]
 
 
-def claim_lines(claim: Claim) -> list[str]:
-    """Markdown bullet(s) of one claim: one line, or an overall line with one sub-bullet per rival."""
+PREFERRED_MODALITY = "audio"
+"""The modality models prefer in the paper's setting (audio on Kinetics-Sounds; the embedded default is built with
+audio the stronger modality, docs/datasets.md)."""
+
+
+def preference_claims(
+    outcomes: PairedOutcomes, threats: Sequence[Threat], preferred: str = PREFERRED_MODALITY,
+    replicates: int = 10_000, seed: int = 0,
+) -> list[Claim]:
+    """The paper's modality-preference phenomenon (its Figure 1 and Table 2) within each method: the uni-modal PGD
+    and adaptive attacks on the ``preferred`` modality are the more effective ones (accuracy under the attack on
+    the other modality minus accuracy under the attack on the preferred one, > 0), and losing the preferred
+    modality costs more (accuracy with the other one missing minus with the preferred one missing, > 0); each
+    judged by the paired bootstrap over seeds and clips. JT is expected to show it; CRMT to narrow it (the gap
+    orderings of :func:`paper_claims`). None without the preferred modality among two."""
+    options = {"replicates": replicates, "seed": seed}
+    claims = []
+    for method in outcomes.correct:
+        for kind in ("pgd", "adaptive", "missing"):
+            pair = [t for t in threats if t.kind == kind and len(t.attacked) == 1]
+            attacked = [t.attacked[0] for t in pair]
+            if len(pair) != 2 or preferred not in attacked:
+                continue
+            on_preferred, on_other = (pair[0], pair[1]) if attacked[0] == preferred else (pair[1], pair[0])
+            other = on_other.attacked[0]
+            first = outcomes.correct[method][on_other.key]
+            second = outcomes.correct[method][on_preferred.key]
+            result = paired_bootstrap(first, second, mean_accuracy, **options)
+            comparison = Comparison(
+                f"{method}: {on_other.key}", f"{method}: {on_preferred.key}", "accuracy", True,
+                float(mean_accuracy(first)), float(mean_accuracy(second)), result, verdict(result.interval),
+            )
+            subject = (f"losing {preferred} costs more than losing {other}" if kind == "missing" else
+                       f"uni-modal {KIND_TITLES[kind]} on {preferred} more effective than on {other}")
+            claims.append(Claim(f"{_label(method)}: {subject}", (comparison,), "paper" if kind in PAPER_KINDS else "adaptive"))
+    return claims
+
+
+def _eta_pair(metrics: RobustnessMetrics) -> tuple[str, str] | None:
+    return (metrics.eta_ratio.numerator, metrics.eta_ratio.denominator) if metrics.eta_ratio else None
+
+
+def eta_summary(runs: Mapping[str, Sequence[SeedRun]]) -> dict[str, dict | None]:
+    """Per method, the mean log eta ratio of each seed (the pair of the first run's ``eta_ratio``; Figure 3):
+    ``{"mean", "std", "per_seed"}``, or None for a method without radii."""
+    return {
+        name: summarize([run.metrics.eta_ratio.mean_log_ratio if run.metrics.eta_ratio else None for run in seed_runs])
+        for name, seed_runs in runs.items()
+    }
+
+
+def claim_rows(claim: Claim) -> list[list[str]]:
+    """Table rows of one claim: one row, or an overall row and one row per rival."""
     if len(claim.comparisons) == 1:
-        return [f"- {claim.text}: {comparison_line(claim.comparisons[0])}"]
-    lines = [f"- {claim.text}: {claim.verdict} (over {len(claim.comparisons)} rivals)"]
-    return lines + [f"  - against {c.b}: {comparison_line(c)}" for c in claim.comparisons]
+        return [[claim.text, *comparison_cells(claim.comparisons[0])]]
+    rows = [[claim.text, f"{claim.verdict} (over {len(claim.comparisons)} rivals)", *["-"] * (len(ORDERING_HEADER) - 2)]]
+    return rows + [[f"{claim.text}, against {c.b}", *comparison_cells(c)] for c in claim.comparisons]
+
+
+def claims_table(claims: Sequence[Claim]) -> str:
+    """The orderings as a Markdown table (:data:`ORDERING_HEADER`; a ``|`` in a cell, as in the gap
+    statistic's name, escaped)."""
+    rows = [[cell.replace("|", "\\|") for cell in row] for claim in claims for row in claim_rows(claim)]
+    return markdown_table(list(ORDERING_HEADER), rows)
 
 
 def adaptive_summary(runs: Mapping[str, Sequence[SeedRun]]) -> dict[str, dict]:
@@ -546,6 +668,46 @@ def wall_time_lines(runs: Mapping[str, Sequence[SeedRun]], elapsed: float | None
     return lines
 
 
+POWER_DESCRIPTION = (
+    "Per headline ordering, the difference detectable at 80% power with S seeds at these N clips, projected "
+    "from the variance components of these runs (seed tau2, clip kappa2, residual sigma2 of the paired "
+    "per-clip difference: the mean difference varies as tau2/S + kappa2/N + sigma2/(S N), the bootstrap's "
+    "interval as its expectation under that model), and the smallest S at which the observed difference "
+    "would be detected with 80% probability if it were the true one (`python -m crmt.power <this folder> "
+    "--check` gives the components, the intervals and a check by subsampling seeds; see crmt.power)."
+)
+
+
+def power_summary(outcomes: PairedOutcomes, runs: Mapping[str, Sequence[SeedRun]],
+                  seeds: Sequence[int] = PROJECTED_SEEDS) -> dict:
+    """``compare.json``'s ``power``: the projection of :func:`crmt.power.headline_power` for the headline
+    orderings present, the model, and the recorded run time of one seed of every method compared (None if
+    not recorded). At the seeds run the projected detectable difference is close to, not equal to, the
+    orderings' (it is an expectation under the model, and it counts the seed variance fully)."""
+    powers = headline_power(outcomes, seeds)
+    return {
+        "model": POWER_DESCRIPTION, "seeds": list(seeds), "clips": outcomes.clips,
+        "orderings": [power.as_dict() for power in powers], "cost_per_seed_seconds": cost_per_seed(runs),
+        "cost_methods": list(runs),
+    }
+
+
+def power_lines(power: Mapping) -> list[str]:
+    """``compare.md``'s closing section from :func:`power_summary`: the description, one table, the cost."""
+    if not power["orderings"]:
+        return [("No headline ordering (CRMT-JT or CRMT-AT against JT) with at least 2 seeds: one seed cannot "
+                 "tell the seed-to-seed variance, so no projection.")]
+    powers = [OrderingPower.from_dict(document) for document in power["orderings"]]
+    seeds = powers[0].components.seeds
+    lines = [power["model"], "", projection_table(powers), ""]
+    lines.append(f"Estimated from S = {seeds} seed(s): the seed variance rests on {seeds - 1} degree(s) of freedom, "
+                 "so read these as a rough guide.")
+    if power["cost_per_seed_seconds"]:
+        lines[-1] += (f" One more seed of the {len(power['cost_methods'])} methods compared costs about "
+                      f"{power['cost_per_seed_seconds']:.0f} s of run time (the mean recorded per run, summed).")
+    return lines
+
+
 def comparison_results(
     runs: Mapping[str, Sequence[SeedRun]], data: str | None = None, replicates: int = 10_000, seed: int = 0
 ) -> tuple[dict, list[Claim], list[Claim]]:
@@ -555,6 +717,7 @@ def comparison_results(
     first = first_metrics(runs)
     outcomes = pair_outcomes(runs)
     claims = paper_claims(outcomes, first.threats, replicates, seed)
+    claims += preference_claims(outcomes, first.threats, replicates=replicates, seed=seed)
     smoothing = smoothing_claims(runs, replicates, seed)
     return {
         "experiments": list(runs),
@@ -563,14 +726,17 @@ def comparison_results(
         "test_clips": outcomes.clips,
         "modalities": list(first.modalities),
         "threats": [threat.to_json() for threat in first.threats],
-        "bootstrap": {"replicates": replicates, "confidence": 0.95, "generator_seed": seed, "test": TEST_DESCRIPTION},
+        "bootstrap": {"replicates": replicates, "confidence": 0.95, "generator_seed": seed, "test": TEST_DESCRIPTION,
+                      "detectable": DETECTABLE_DESCRIPTION, "power": POWER},
         "accuracy": accuracy_summary(runs, first.threats),
         "certified": certificate_summary(runs, lambda metrics: metrics.certified),
         "certified_model": certificate_summary(runs, lambda metrics: metrics.certified_model),
+        "eta_log_ratio": {"pair": _eta_pair(first), "methods": eta_summary(runs)},
         "smoothed": smoothing_summary(runs),
         "adaptive": adaptive_summary(runs),
         "claims": [claim.as_dict() for claim in claims],
         "smoothing_claims": [claim.as_dict() for claim in smoothing],
+        "power": power_summary(outcomes, runs),
         "wall_seconds": {name: {str(run.seed): run.wall_seconds for run in seed_runs} for name, seed_runs in runs.items()},
         "total_wall_seconds": sum(run.wall_seconds or 0.0 for seed_runs in runs.values() for run in seed_runs),
     }, claims, smoothing
@@ -602,6 +768,19 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
         "",
         certificate_table(results["certified"], modalities) if results["certified"] else "No method has certified radii.",
     ]
+    eta = results["eta_log_ratio"]
+    if eta["pair"] and any(eta["methods"].values()):
+        numerator, denominator = eta["pair"]
+        parts += [
+            "",
+            f"Vulnerability indicator ratio (Figure 3): the mean natural log of eta^({numerator}) / eta^({denominator}) "
+            f"over the class pairs (< 0: {denominator} the more vulnerable modality; 0: balanced), mean ± std over seeds:",
+            "",
+            "| method | log eta ratio | per seed |",
+            "| --- | ---: | --- |",
+            *(f"| {name} | {mean_std_cell(summary)} | {', '.join(f'{v:+.3f}' for v in summary['per_seed'])} |"
+              for name, summary in eta["methods"].items() if summary),
+        ]
     if results["certified_model"]:
         parts += [
             "",
@@ -628,7 +807,7 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
                 "Orderings under smoothing, each judged by the paired bootstrap below, over seeds and the certified "
                 "clips (the same clips for every method):",
                 "",
-                *(line for claim in smoothing for line in claim_lines(claim)),
+                claims_table(smoothing),
             ]
     if results["adaptive"]:
         parts += [
@@ -647,6 +826,8 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
         "",
         f"{bootstrap['test']} B = {bootstrap['replicates']} replicates, generator seed {bootstrap['generator_seed']}.",
         "",
+        bootstrap["detectable"],
+        "",
     ]
     judged = [claim for claim in claims if claim.protocol == "adaptive"]
     reference = [claim for claim in claims if claim.protocol == "paper"]
@@ -657,7 +838,7 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
         parts += [
             "### Judged on the adaptive evaluation (and on clean and missing-modality accuracy)",
             "",
-            *(line for claim in judged for line in claim_lines(claim)),
+            claims_table(judged),
         ]
         if not attacked:
             parts += ["", "These runs have no adaptive evaluation: every attack ordering rests on the paper's weak "
@@ -666,11 +847,12 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
             "",
             "### The same orderings under the paper's attack protocol (FGM, PGD-l2), for reference",
             "",
-            *(line for claim in reference for line in claim_lines(claim)),
+            claims_table(reference),
         ]
     if ablation is not None:
         parts += ["", f"Ablation figure (the paper's Figure 5 under its l2-PGD protocol, curves averaged over seeds): `{ablation}`"]
     parts += ["", "## Wall time (train + test + report)", "", *wall_time_lines(runs, elapsed)]
+    parts += ["", "## Seeds needed", "", *power_lines(results["power"])]
     return "\n".join(parts) + "\n"
 
 
