@@ -116,8 +116,15 @@ def test_variance_components_need_two_seeds_and_are_never_negative():
     identical = variance_components(np.zeros((3, 40)))
     assert identical.seed == identical.clip == identical.residual == 0.0
     rng = np.random.default_rng(2)
-    noise = variance_components(rng.normal(size=(3, 40)))  # no seed or clip effect: estimates near or at 0
-    assert noise.seed >= 0 and noise.clip >= 0
+    d = rng.normal(size=(3, 40))  # no seed or clip effect: the raw moment estimates straddle 0
+    noise = variance_components(d)
+    seeds, clips = d.shape
+    residual = d - d.mean(axis=1, keepdims=True) - d.mean(axis=0, keepdims=True) + d.mean()
+    ms_residual = (residual**2).sum() / ((seeds - 1) * (clips - 1))
+    raw_seed = (clips * d.mean(axis=1).var(ddof=1) - ms_residual) / clips
+    raw_clip = (seeds * d.mean(axis=0).var(ddof=1) - ms_residual) / seeds
+    assert raw_seed < 0 and noise.seed == 0.0, "a negative moment estimate is truncated to 0"
+    assert raw_clip > 0 and noise.clip == pytest.approx(raw_clip, rel=1e-12)
 
 
 @pytest.mark.parametrize("seeds", [3, 8])
