@@ -17,6 +17,7 @@ ROOT ?=
 WORKERS ?= 2
 SEEDS ?= 5
 SUITE ?=
+ENCODER ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train eval validate predict compare sweep agent test test-full bench bench-scale clean prepare
@@ -26,6 +27,7 @@ help: ## list the targets
 	@echo "  variables: EXP=<experiment name in experiments/> ARGS='<LightningCLI overrides>' PYTHON=python3"
 	@echo "             RUN=<run id or folder under runs/crmt/> CKPT=last|best|<file> (eval, validate, predict)"
 	@echo "             DATA=<data config in experiments/data/> (default: the embedded data; train, eval, validate, compare)"
+	@echo "             ENCODER=lipschitz (1-Lipschitz encoders, sound certified radii: experiments/encoders/; train, compare)"
 	@echo "             SCALE=<experiments/scale/ name> (default: paper for a real dataset, none for embedded* and manifest; SCALE= for none)"
 	@echo "             DATA=ks|vggsound|ucf101|cremad ROOT=<downloaded media folder> WORKERS=<decoding processes> (make prepare)"
 
@@ -37,8 +39,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create/update the virtual environment in .venv
 	@$(BIN)/python -c "import torch, torchaudio, lightning, av, wandb; print('torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| lightning', lightning.__version__, '| av', av.__version__, '| wandb', wandb.__version__)"
 
-# The --config files of EXP on DATA (at SCALE), composed by src/crmt/experiments.py (as for make compare).
-CONFIGS = $(shell $(BIN)/python -m crmt.experiments $(EXP) $(if $(DATA),--data $(DATA)) $(if $(filter-out undefined default,$(origin SCALE)),--scale '$(SCALE)'))
+# The --config files of EXP on DATA (at SCALE, with ENCODER's overlay), composed by src/crmt/experiments.py (as for make compare).
+CONFIGS = $(shell $(BIN)/python -m crmt.experiments $(EXP) $(if $(DATA),--data $(DATA)) $(if $(ENCODER),--encoder $(ENCODER)) $(if $(filter-out undefined default,$(origin SCALE)),--scale '$(SCALE)'))
 CONFIG_ERROR = $(error no configuration for EXP=$(EXP) $(if $(DATA),DATA=$(DATA)): see the message above)
 DATA_CONFIG = $(shell $(BIN)/python -c "from crmt.experiments import data_config; print(data_config('$(DATA)'))")
 # eval/validate: RUN= rebuilds that run from its own config.yaml (CKPT= names the checkpoint: last, best or a file);
@@ -59,7 +61,7 @@ predict: $(STAMP) ## one row per clip (class, probabilities, smoothed class or a
 	$(BIN)/python -m crmt predict --run $(RUN) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(DATA),--config $(call DATA_CONFIG)) $(ARGS)
 
 compare: $(STAMP) ## train EXPS (default: every strategy) over seeds 0..SEEDS-1 on DATA (default: embedded; a real dataset at the paper's scale): mean +/- std tables, orderings judged on the adaptive suite (SUITE=, default standard) with the difference each could detect; SEEDS=5 by default (power >= 0.9 for the headline orderings): make compare EXPS="jt crmt_jt crmt_at" SUITE=medium
-	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(DATA),--data $(DATA)) $(if $(SUITE),--suite $(SUITE)) $(if $(ARGS),--args "$(ARGS)")
+	$(BIN)/python -m crmt.compare $(EXPS) --seeds $(SEEDS) $(if $(DATA),--data $(DATA)) $(if $(ENCODER),--encoder $(ENCODER)) $(if $(SUITE),--suite $(SUITE)) $(if $(ARGS),--args "$(ARGS)")
 
 sweep: $(STAMP) ## create the W&B sweep experiments/sweeps/$(SWEEP).yaml (needs `wandb login`)
 	$(BIN)/wandb sweep experiments/sweeps/$(SWEEP).yaml
@@ -78,11 +80,12 @@ test: $(STAMP) ## run the test suite without the tests marked slow (includes one
 test-full: $(STAMP) ## run every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2, report, smoothing and the adaptive suite vs l2-PGD pass, loader vs training
+bench: $(STAMP) ## benchmarks as speed ratios: tau~ estimator and cached step 2, report, smoothing and the adaptive suite vs l2-PGD pass, sound certificate vs smoothing, loader vs training
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.report
 	$(BIN)/python -m benchmarks.smoothing
 	$(BIN)/python -m benchmarks.adaptive
+	$(BIN)/python -m benchmarks.sound_certificate --sizes embedded
 	$(BIN)/python -m benchmarks.loader
 
 bench-scale: $(STAMP) ## step-1 clips/s (Lightning vs plain loop, fp32 vs bf16), tau~ loop vs batched, step 2 vs step 1, memory; ARGS="--paper-sizes" for K=31, 224x224, ResNet18 w64

@@ -8,13 +8,14 @@
 #     typeshed_client==2.15.0
 # and installed there first: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
 # SMALL=1 runs the same steps at CPU sizes (a dry run of this script on any machine). Files under $OUT:
-# log.txt (everything printed), scale.json, loader.json, smoothing.json, fit_{fp32,bf16}_metrics.json, steady.json.
+# log.txt (everything printed), scale.json, loader.json, smoothing.json, fit_{fp32,bf16}_metrics.json, steady.json,
+# lipschitz_rounding.txt, sound_certificate.json.
 set -uo pipefail
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
 export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 SMALL=${SMALL:-}
-STEPS=${STEPS:-1 2 3 4 5 6}  # which of the numbered steps to run, e.g. STEPS="1 5"
+STEPS=${STEPS:-1 2 3 4 5 6 7}  # which of the numbered steps to run, e.g. STEPS="1 5"
 runs() { [[ " $STEPS " == *" $1 "* ]]; }
 exec > >(tee -a "$OUT/log.txt") 2>&1
 step() { echo "=== $(date +%T) $*"; }
@@ -90,4 +91,33 @@ for persistent in "" --persistent; do
 done
 collect 'steady*.json' steady.json
 fi
+if runs 7; then
+step "7. 1-Lipschitz encoders on the GPU, paper sizes: float32 logits (TF32 off, as the report computes them) against float64, TF32 on for contrast; the sound certificate against smoothing of the same clips"
+timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/lipschitz_rounding.txt"
+import os, torch
+from benchmarks.scale import PAPER, TINY
+from crmt.robustness.certify import ROUNDING_MARGIN
+from crmt.robustness.modes import exact_float32
+from crmt.strategies.crmt import CRMTJointTraining
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+sizes = TINY if os.environ.get("SMALL") else PAPER
+torch.manual_seed(0)
+model = CRMTJointTraining(sizes.num_classes, sizes.input_shapes, sizes.encoder_width, encoder="lipschitz").to(device).eval()
+inputs = [torch.randn(8, *shape, device=device) for shape in sizes.input_shapes.values()]
+with torch.no_grad():
+    exact = model.double()([x.double() for x in inputs]).logits
+    model.float()
+    with exact_float32():
+        single = model(inputs).logits
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    tf32 = model(inputs).logits
+scale = 1 + exact.abs().amax(dim=1)
+for name, logits in (("float32, TF32 off (the report)", single), ("TF32 on", tf32)):
+    error = ((logits.double() - exact).abs().amax(dim=1) / scale).max().item()
+    print(f"{name:32s} max |logit error| / (1 + max |logit|) = {error:.2e}  ({error / ROUNDING_MARGIN:.3f} x the rounding margin)")
+PY
+SOUND_ARGS=(--sizes paper --n0 64 --n 1000 --draws-per-pass 200 --clips 2 --repeats 3) && [ -n "$SMALL" ] && SOUND_ARGS=(--n0 4 --n 16 --clips 1)
+timeout 240 python3 -m benchmarks.sound_certificate "${SOUND_ARGS[@]}" --out "$OUT/sound_certificate.json" 2>&1 | grep -v Warning
+fi
+
 step done

@@ -89,7 +89,7 @@ def without_hidden(cls, name):
         raise metadata.PackageNotFoundError(name)
     return from_name(cls, name)
 metadata.Distribution.from_name = classmethod(without_hidden)
-import benchmarks.scale
+import benchmarks.scale, benchmarks.sound_certificate
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -106,3 +106,15 @@ def test_smoothing_benchmark_times_certify_and_pgd(tmp_path, one_thread):
     assert results["settings"]["scopes"] == 3 and results["certify_host_noise_s"] is None
     assert results["certify_s_per_1000_draws"] == pytest.approx(results["certify_s"] / 0.020)
     assert results["certify_over_pgd"] == pytest.approx(results["certify_s"] / results["pgd_s"])
+
+
+def test_sound_certificate_benchmark_times_both_certificates_of_the_same_model(tmp_path, one_thread):
+    """benchmarks/sound_certificate.py at tiny sizes: the JSON it writes and its ratio."""
+    from benchmarks import sound_certificate
+
+    out = tmp_path / "sound.json"
+    results = sound_certificate.main(["--device", "cpu", "--n0", "4", "--n", "16", "--clips", "1", "--repeats", "1",
+                                      "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert results["sizes"]["encoder"] == "lipschitz" and results["settings"]["scopes"] == 3
+    assert results["smoothing_over_sound"] == pytest.approx(results["smoothing_s"] / results["sound_s"])

@@ -16,6 +16,7 @@ from wandb.proto import wandb_internal_pb2
 
 from crmt.cli import main
 from crmt.robustness.smoothing import evenly_spaced
+from crmt.strategies import CRMTJointTraining
 from helpers import TINY_SMOOTHING, TINY_SMOOTHING_ARGS, subprocess_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,6 +243,29 @@ def test_crmt_jt_fit_end_to_end_through_both_phases(tmp_path):
         assert cli.trainer.callback_metrics[f"{stage}/certified_radius"].item() > 0
     # the `test` subcommand on a checkpoint (what `make eval` runs) wrote the report into the run folder
     assert_report_files(tmp_path / "runs" / "report")
+
+
+def test_crmt_jt_with_lipschitz_encoders_certifies_soundly_end_to_end(tmp_path):
+    """The encoder overlay on a real fit: step 2 runs on the encoders' sound bounds as tau, and the report holds sound
+    radii (the head's exact rows, and Theorem 3.5 with the model's tau), audited without a violation."""
+    configs = ["--config", "experiments/crmt_jt.yaml", "--config", "experiments/encoders/lipschitz.yaml"]
+    output = run_cli(["fit", *configs, *tiny_run_args(tmp_path)], cwd=REPO)
+    assert "tau set to the sound bounds of the encoders" in output
+    (checkpoint,) = (tmp_path / "runs").rglob("last.ckpt")
+    state = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert int(state["phase"]) == 2
+    model = CRMTJointTraining.load_from_checkpoint(checkpoint, weights_only=False)
+    assert model.encoder_kind == "lipschitz"
+    bounds = torch.tensor([model.encoder_lipschitz_bound(m) for m in range(2)])
+    assert torch.allclose(state["tau"], bounds[:, None].expand_as(state["tau"]), rtol=0, atol=1e-6)
+    report = report_folder(tmp_path / "runs", wandb_run_dir(tmp_path / "runs"))
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["certified_sound"]["lipschitz"].startswith("sound (1-Lipschitz encoders")
+    assert metrics["certified_model"]["lipschitz"].startswith("sound (the model's own tau")
+    assert metrics["audit"]["sound_eligible"] > 0 and metrics["audit"]["sound_violations"] == 0
+    per_sample = json.loads((report / "per_sample.json").read_text())
+    assert set(per_sample["sound_certified"]) == {"multimodal", "multimodal_half", "visual", "visual_half", "audio", "audio_half"}
+    assert "## Sound certified radii (1-Lipschitz encoders)" in (report / "report.md").read_text()
 
 
 def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):

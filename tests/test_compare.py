@@ -778,3 +778,50 @@ def test_preference_claims_judge_the_attack_on_the_preferred_modality_within_eac
     assert claims["JT: losing audio costs more than losing visual"].verdict == "holds"
     assert claims["CRMT-JT: uni-modal PGD-l2 on audio more effective than on visual"].verdict == "within noise"
     assert preference_claims(outcomes, threats, preferred="depth", replicates=50) == []
+
+
+def _add_sound_radii(run: SeedRun, shift: float) -> dict[str, np.ndarray]:
+    """Give a fake run sound radii (per scope, 0 where the clean clip is wrong) in metrics.json and per_sample.json,
+    as the report writes them; returns them in dataset-index order."""
+    import torch
+
+    per_sample = json.loads((run.folder / "per_sample.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run.folder / "metrics.json").read_text(encoding="utf-8"))
+    rng = np.random.default_rng([run.seed, len(run.name), 7])
+    correct = np.asarray(per_sample["correct"]["clean"], dtype=bool)
+    radii, summaries, outcomes = {}, {}, {}
+    for scope in Scope.every(MODALITIES):
+        radius = np.where(correct, rng.uniform(0.0, 1.2, size=correct.size) + shift, 0.0)
+        budget = SETTINGS.budget(scope)
+        summaries[scope] = RadiusSummary.of(torch.tensor(radius), torch.tensor(correct), [0.0, 0.5])
+        outcomes[scope.key] = (radius >= budget).astype(int).tolist()
+        outcomes[f"{scope.key}_half"] = (radius >= budget / 2).astype(int).tolist()
+        radii[scope.key] = radius[np.argsort(per_sample["index"], kind="stable")]
+    per_sample["sound_certified"] = outcomes
+    metrics["certified_sound"] = Certificate("sound (1-Lipschitz encoders)", [0.0, 0.5], summaries).to_json()
+    (run.folder / "per_sample.json").write_text(json.dumps(per_sample), encoding="utf-8")
+    (run.folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return radii
+
+
+def test_sound_certified_accuracy_is_summarized_and_judged_from_the_per_clip_radii(tmp_path):
+    runs = _fake_runs(tmp_path, names=("jt", "crmt_jt"))
+    radii = {name: [_add_sound_radii(run, shift) for run in seed_runs]
+             for (name, seed_runs), shift in zip(runs.items(), (0.0, 0.3), strict=True)}
+    runs = {name: [load_run(name, run.seed, run.folder) for run in seed_runs] for name, seed_runs in runs.items()}
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=500)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    for name in runs:
+        for key, budget in (("multimodal", 0.5), ("visual", 1.0)):
+            scope = results["sound"][name]["scopes"][key]
+            expected = [float(np.mean(per_seed[key] >= budget)) for per_seed in radii[name]]
+            assert scope["at_budget"]["per_seed"] == pytest.approx(expected)
+            halves = [float(np.mean(per_seed[key] >= budget / 2)) for per_seed in radii[name]]
+            assert scope["at_half_budget"]["per_seed"] == pytest.approx(halves)
+    claims = {claim["claim"]: claim for claim in results["sound_claims"]}
+    joint = claims["CRMT-JT above JT, sound certified accuracy at the budget (joint)"]["comparisons"][0]
+    difference = np.mean([np.mean(a["multimodal"] >= 0.5) - np.mean(b["multimodal"] >= 0.5)
+                          for a, b in zip(radii["crmt_jt"], radii["jt"], strict=True)])
+    assert joint["bootstrap"]["observed"] == pytest.approx(difference)
+    assert len(claims) == 6  # joint and each modality, at the budget and at half of it
+    assert "## Sound certified accuracy (1-Lipschitz encoders)" in markdown.read_text(encoding="utf-8")

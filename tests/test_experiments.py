@@ -163,6 +163,27 @@ def test_a_run_reads_the_experiment_then_the_scale_then_the_data():
         config_files("jt", "kinetics")
 
 
+def test_an_encoder_overlay_comes_after_the_schedule_and_before_the_data():
+    assert config_files("crmt_jt", "ks", encoder="lipschitz") == [
+        EXPERIMENTS / "crmt_jt.yaml",
+        EXPERIMENTS / "scale" / "paper.yaml",
+        EXPERIMENTS / "scale" / "paper" / "crmt_jt.yaml",
+        EXPERIMENTS / "encoders" / "lipschitz.yaml",
+        EXPERIMENTS / "data" / "ks.yaml",
+    ]
+    assert config_files("jt", encoder="lipschitz") == [EXPERIMENTS / "jt.yaml", EXPERIMENTS / "encoders" / "lipschitz.yaml"]
+    with pytest.raises(FileNotFoundError, match=r"encoder 'orthogonal'.*encoders: lipschitz"):
+        config_files("jt", encoder="orthogonal")
+
+
+@pytest.mark.parametrize("experiment", ["jt", "crmt_jt", "crmt_at", "ogm", "pmr", "gb", "mixup", "mmat", "crmt_mix"])
+def test_every_strategy_with_encoders_takes_the_lipschitz_overlay(experiment, monkeypatch, capsys):
+    config = composed_config(config_files(experiment, encoder="lipschitz"), monkeypatch, capsys)
+    assert config["model"]["init_args"]["encoder"] == "lipschitz"
+    assert config["model"]["init_args"]["encoder_width"] == 8, "the experiment's own settings are kept"
+    assert config["report"]["settings"]["sound_certificate"] and config["report"]["settings"]["audit_sound"]
+
+
 def test_model_settings_and_data_settings_live_in_separate_files():
     model_files = [p for p in EXPERIMENTS.glob("*.yaml") if p.stem != "defaults"] + list(EXPERIMENTS.glob("scale/**/*.yaml"))
     for path in [EXPERIMENTS / "defaults.yaml", *model_files]:

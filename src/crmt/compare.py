@@ -1,5 +1,6 @@
-"""``python -m crmt.compare [EXPERIMENT ...] [--seeds N | --seed-list S ...] [--data NAME] [--suite NAME]``
-(``make compare``): train several strategies on the same data over the same seeds, then put their
+"""``python -m crmt.compare [EXPERIMENT ...] [--seeds N | --seed-list S ...] [--data NAME] [--suite NAME] [--encoder NAME]``
+(``make compare``): train several strategies on the same data over the same seeds (with ``--encoder lipschitz``,
+their 1-Lipschitz-encoder versions, judged on sound certified accuracy too), then put their
 robustness reports side by side with mean ± std over seeds and the paper's orderings judged by a
 paired two-level bootstrap (see :mod:`crmt.statistics`), on the adaptive evaluation's worst case
 (the full ``standard`` suite unless ``--suite`` names another, :data:`crmt.robustness.suite.SUITES`)
@@ -8,7 +9,7 @@ with the paper's attack protocol beside it.
 Each (experiment, seed) runs as its own process (so W&B runs and global state never mix)::
 
     python -m crmt fit --config experiments/<name>.yaml [--config experiments/scale/... (a real dataset)]
-        --config experiments/data/<DATA or embedded>.yaml
+        [--config experiments/encoders/<ENCODER>.yaml] --config experiments/data/<DATA or embedded>.yaml
         --seed_everything <s> --report.output_dir <out>/<name>/seed<s>
         --report.settings.adaptive.suite <suite> <ARGS>
 
@@ -56,10 +57,10 @@ REPORT_FILES = ("metrics.json", "per_sample.json")
 """What a finished run's report folder must hold."""
 
 
-def config_files(name: str, data: str | None) -> list[Path]:
+def config_files(name: str, data: str | None, encoder: str | None = None) -> list[Path]:
     """The ``--config`` files of a run of ``name`` on ``data`` (the embedded data when ``None``, named
     explicitly so that its hash is recorded), as ``make train`` composes them (:mod:`crmt.experiments`)."""
-    return experiments.config_files(name, data or experiments.DEFAULT_DATA, root=EXPERIMENTS_DIR)
+    return experiments.config_files(name, data or experiments.DEFAULT_DATA, root=EXPERIMENTS_DIR, encoder=encoder)
 
 
 def sha256_file(path: Path) -> str:
@@ -123,13 +124,15 @@ SUITE_OVERRIDE = "--report.settings.adaptive.suite"
 
 
 def plan_run(
-    name: str, seed: int, out: Path, data: str | None = None, extra_args: Sequence[str] = (), suite: str = "standard"
+    name: str, seed: int, out: Path, data: str | None = None, extra_args: Sequence[str] = (), suite: str = "standard",
+    encoder: str | None = None,
 ) -> RunPlan:
     """The run of experiment ``name`` with ``seed`` (Lightning's seed and the data module's) into
-    ``out/<name>/seed<seed>``, its report's adaptive evaluation at ``suite``."""
+    ``out/<name>/seed<seed>``, its report's adaptive evaluation at ``suite``, with ``encoder``'s overlay
+    (``experiments/encoders/<encoder>.yaml``; ``None``: the ResNet18 encoders)."""
     if suite not in SUITES:
         raise ValueError(f"unknown adaptive suite {suite!r}; the named suites are {sorted(SUITES)}")
-    files = config_files(name, data)
+    files = config_files(name, data, encoder=encoder)
     folder = Path(out) / name / f"seed{seed}"
     arguments = ["-m", "crmt", "fit", *(argument for f in files for argument in ("--config", _shown(f)))]
     arguments += ["--seed_everything", str(seed), "--report.output_dir", str(folder),
@@ -197,11 +200,11 @@ def execute(plan: RunPlan, force: bool = False) -> SeedRun:
 
 def run_all(
     names: Sequence[str], seeds: Sequence[int], out: Path, data: str | None = None,
-    extra_args: Sequence[str] = (), force: bool = False, suite: str = "standard",
+    extra_args: Sequence[str] = (), force: bool = False, suite: str = "standard", encoder: str | None = None,
 ) -> dict[str, list[SeedRun]]:
     """Every (experiment, seed) run, seed by seed (a data module generating data per seed does so once
     per seed), as ``{name: [run of each seed]}``. Every config is checked before anything runs."""
-    plans = {(name, seed): plan_run(name, seed, out, data, extra_args, suite) for seed in seeds for name in names}
+    plans = {(name, seed): plan_run(name, seed, out, data, extra_args, suite, encoder) for seed in seeds for name in names}
     runs: dict[str, list[SeedRun]] = {name: [] for name in names}
     for seed in seeds:
         for name in names:
@@ -242,7 +245,10 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"run seeds 0..N-1 (default {DEFAULT_SEEDS}: docs/robustness.md, \"Comparing strategies over seeds\")")
     seeds.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="S", help="run these seeds")
     parser.add_argument("--data", default=None, help="also read experiments/data/<DATA>.yaml in every run")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/compare/<DATA or embedded>)")
+    parser.add_argument("--encoder", default=None,
+                        help="read experiments/encoders/<ENCODER>.yaml in every run, e.g. lipschitz (default: ResNet18)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default runs/compare/<DATA or embedded>[_<ENCODER>])")
     parser.add_argument("--args", default="", help="LightningCLI overrides passed to every run, e.g. '--trainer.max_epochs 2'")
     parser.add_argument("--force", action="store_true", help="rerun every run even when a matching finished one exists")
     parser.add_argument("--replicates", type=int, default=10_000, help="bootstrap replicates per ordering (default 10000)")
@@ -256,9 +262,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     options = _parser().parse_args(argv)
     seeds = seed_list(options.seeds, options.seed_list)
     names = list(dict.fromkeys(options.experiments or runnable(ALL_EXPERIMENTS, options.data)))
-    out = options.out or Path("runs/compare") / (options.data or "embedded")
+    out = options.out or Path("runs/compare") / "_".join(filter(None, (options.data or "embedded", options.encoder)))
     start = time.perf_counter()
-    runs = run_all(names, seeds, out, options.data, shlex.split(options.args), options.force, options.suite)
+    runs = run_all(names, seeds, out, options.data, shlex.split(options.args), options.force, options.suite,
+                   options.encoder)
     markdown, results = write_comparison(runs, out, options.data, options.replicates, elapsed=time.perf_counter() - start)
     print(markdown.read_text(encoding="utf-8"))
     print(f"[compare] {len(names)} experiments x {len(seeds)} seeds in {time.perf_counter() - start:.0f} s; "

@@ -53,6 +53,10 @@ LABELS = {
 SMOOTHING_ORDERINGS = (("crmt_jt", "jt"), ("crmt_jt_noise", "jt_noise"), ("jt_noise", "jt"), ("crmt_jt_noise", "crmt_jt"))
 """Pairs (a, b) judged on smoothed certified accuracy, a above b, where both ran with smoothing: CRMT
 against JT without and with noise training, and noise training against none."""
+SOUND_PREFIX = "sound_"
+"""The prefix of the sound-certificate outcome columns of :class:`PairedOutcomes`."""
+SOUND_ORDERINGS = (("crmt_jt", "jt"), ("crmt_at", "jt"))
+"""Pairs (a, b) judged on sound certified accuracy (1-Lipschitz encoders), a above b, where both have sound radii."""
 SMOOTHING_JUDGED_AT = 1.0
 """The radius, as a multiple of the smoothing sigma, at which the smoothing orderings are judged."""
 TEST_DESCRIPTION = (
@@ -124,7 +128,9 @@ def load_comparison_runs(folder: Path, names: Sequence[str] | None = None) -> di
 class PairedOutcomes:
     """Per-sample outcomes of every method, aligned: row i is ``seeds[i]``, column j the j-th test
     clip of that seed in increasing dataset index (``index`` (S, C)). ``correct[method][key]`` is
-    an (S, C) 0/1 array per attack key of ``per_sample.json`` (clean, fgm, pgd, pgd_<m>, ...)."""
+    an (S, C) 0/1 array per attack key of ``per_sample.json`` (clean, fgm, pgd, pgd_<m>, ...) and, for
+    methods with sound radii, per ``sound_certified`` key with the prefix ``sound_`` (sound_multimodal,
+    sound_multimodal_half, sound_<m>, ...)."""
 
     seeds: list[int]
     index: np.ndarray
@@ -178,7 +184,9 @@ def pair_outcomes(runs: Mapping[str, Sequence[SeedRun]]) -> PairedOutcomes:
                 )
             elif not np.array_equal(labels, reference[2]):
                 raise ValueError(f"labels differ between {reference[0]} and {path} for the same indices, seed {seed}; refusing to pair")
-            for key, values in run.per_sample["correct"].items():
+            columns = {**run.per_sample["correct"],
+                       **{f"{SOUND_PREFIX}{key}": v for key, v in run.per_sample.get("sound_certified", {}).items()}}
+            for key, values in columns.items():
                 correct[name].setdefault(key, []).append(np.asarray(values, dtype=float)[order])
         index_rows.append(reference[1])
     if len({row.size for row in index_rows}) != 1:
@@ -318,6 +326,56 @@ def smoothing_claims(runs: Mapping[str, Sequence[SeedRun]], replicates: int = 10
             comparison = judge(outcomes, a, b, [key], mean_accuracy,
                                f"smoothed certified accuracy at r = {radius:g} ({scope})", replicates=replicates, seed=seed)
             claims.append(Claim(f"{_label(a)} above {_label(b)}, smoothed certified accuracy, {scope}", (comparison,)))
+    return claims
+
+
+def sound_summary(runs: Mapping[str, Sequence[SeedRun]]) -> dict[str, dict]:
+    """Per method whose every run has sound radii (1-Lipschitz encoders), per scope key: the budget and the sound
+    certified accuracy at it and at half of it (mean, std, per seed), and the source of the constants."""
+    summary = {}
+    for name, seed_runs in runs.items():
+        certificates = [run.metrics.certified_sound for run in seed_runs]
+        if any(c is None for c in certificates):
+            continue
+        settings = seed_runs[0].metrics.settings
+        scopes = {}
+        for scope in certificates[0].radii:
+            budget = settings.budget(scope)
+            curves = [c.radii[scope].curve for c in certificates]
+            scopes[scope.key] = {
+                "budget": budget,
+                "at_budget": summarize([curve.at(budget) for curve in curves]),
+                "at_half_budget": summarize([curve.at(budget / 2) for curve in curves]),
+                "mean_radius": summarize([c.radii[scope].mean for c in certificates]),
+            }
+        summary[name] = {"lipschitz": sorted({c.lipschitz for c in certificates}), "scopes": scopes}
+    return summary
+
+
+def sound_table(summary: Mapping[str, Mapping]) -> str:
+    """One row per method and scope: the budget, sound certified accuracy at it and at half of it, mean radius."""
+    header = ["method", "scope", "budget", "sound certified acc. at the budget", "at half the budget", "mean radius"]
+    rows = [[name, _scope_label(key), f"{scope['budget']:g}", mean_std_cell(scope["at_budget"]),
+             mean_std_cell(scope["at_half_budget"]), mean_std_cell(scope["mean_radius"])]
+            for name, method in summary.items() for key, scope in method["scopes"].items()]
+    return markdown_table(header, rows)
+
+
+def sound_claims(outcomes: PairedOutcomes, replicates: int = 10_000, seed: int = 0) -> list[Claim]:
+    """``SOUND_ORDERINGS`` among the methods with sound radii, per scope, at the budget and at half of it, judged
+    by the paired bootstrap on the per-clip outcomes "sound radius >= r"."""
+    claims = []
+    for a, b in SOUND_ORDERINGS:
+        if a not in outcomes.correct or b not in outcomes.correct:
+            continue
+        keys = [key for key in outcomes.correct[a] if key.startswith(SOUND_PREFIX) and key in outcomes.correct[b]]
+        for key in keys:
+            scope_key = key.removeprefix(SOUND_PREFIX)
+            where = "half the budget" if scope_key.endswith("_half") else "the budget"
+            scope = _scope_label(scope_key.removesuffix("_half"))
+            text = f"sound certified accuracy at {where} ({scope})"
+            comparison = judge(outcomes, a, b, [key], mean_accuracy, text, replicates=replicates, seed=seed)
+            claims.append(Claim(f"{_label(a)} above {_label(b)}, {text}", (comparison,)))
     return claims
 
 
@@ -710,15 +768,16 @@ def power_lines(power: Mapping) -> list[str]:
 
 def comparison_results(
     runs: Mapping[str, Sequence[SeedRun]], data: str | None = None, replicates: int = 10_000, seed: int = 0
-) -> tuple[dict, list[Claim], list[Claim]]:
+) -> tuple[dict, list[Claim], list[Claim], list[Claim]]:
     """Every number of the comparison (the content of ``compare.json``: seeds, clip count, accuracy
     and radii summaries (mean, std, per seed), the judged claims, the wall times), the paper's
-    orderings and the orderings under smoothing."""
+    orderings, the orderings under smoothing and those on sound certified accuracy."""
     first = first_metrics(runs)
     outcomes = pair_outcomes(runs)
     claims = paper_claims(outcomes, first.threats, replicates, seed)
     claims += preference_claims(outcomes, first.threats, replicates=replicates, seed=seed)
     smoothing = smoothing_claims(runs, replicates, seed)
+    sound = sound_claims(outcomes, replicates, seed)
     return {
         "experiments": list(runs),
         "data": data,
@@ -736,14 +795,16 @@ def comparison_results(
         "adaptive": adaptive_summary(runs),
         "claims": [claim.as_dict() for claim in claims],
         "smoothing_claims": [claim.as_dict() for claim in smoothing],
+        "sound": sound_summary(runs),
+        "sound_claims": [claim.as_dict() for claim in sound],
         "power": power_summary(outcomes, runs),
         "wall_seconds": {name: {str(run.seed): run.wall_seconds for run in seed_runs} for name, seed_runs in runs.items()},
         "total_wall_seconds": sum(run.wall_seconds or 0.0 for seed_runs in runs.values() for run in seed_runs),
-    }, claims, smoothing
+    }, claims, smoothing, sound
 
 
 def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequence[Claim], ablation: Path | None,
-                    elapsed: float | None, runs: Mapping[str, Sequence[SeedRun]]) -> str:
+                    elapsed: float | None, runs: Mapping[str, Sequence[SeedRun]], sound: Sequence[Claim] = ()) -> str:
     """``compare.md`` from :func:`comparison_results`; the tables' columns are the first run's threats and modalities."""
     first = first_metrics(runs)
     modalities = first.modalities
@@ -782,10 +843,10 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
               for name, summary in eta["methods"].items() if summary),
         ]
     if results["certified_model"]:
+        sources = sorted({source for method in results["certified_model"].values() for source in method["lipschitz"]})
         parts += [
             "",
-            "CRMT's own certificate (Lipschitz constants tau~ estimated on the training set during training); "
-            "not comparable across methods:",
+            f"CRMT's own certificate (its tau from training: {'; '.join(sources)}); not comparable across methods:",
             "",
             certificate_table(results["certified_model"], modalities),
         ]
@@ -809,6 +870,20 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
                 "",
                 claims_table(smoothing),
             ]
+    if results["sound"]:
+        parts += [
+            "",
+            "## Sound certified accuracy (1-Lipschitz encoders)",
+            "",
+            "Certified accuracy from radii that hold for every perturbation (the encoders' Lipschitz bounds times "
+            "the head's exact row differences, float32 with a rounding margin; see each run's `report.md`), at each "
+            "scope's table budget and at half of it, every test clip:",
+            "",
+            sound_table(results["sound"]),
+        ]
+        if sound:
+            parts += ["", "Orderings on sound certified accuracy, judged by the paired bootstrap below:", "",
+                      claims_table(sound)]
     if results["adaptive"]:
         parts += [
             "",
@@ -868,7 +943,7 @@ def write_comparison(
     into ``out``; return the paths of the first two."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results, claims, smoothing = comparison_results(runs, data, replicates, seed)
+    results, claims, smoothing, sound = comparison_results(runs, data, replicates, seed)
     radii, curves = averaged_curves(runs)
     ablation = None
     if curves:
@@ -880,5 +955,5 @@ def write_comparison(
     json_path = out / "compare.json"
     json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     markdown_path = out / "compare.md"
-    markdown_path.write_text(render_markdown(results, claims, smoothing, ablation, elapsed, runs), encoding="utf-8")
+    markdown_path.write_text(render_markdown(results, claims, smoothing, ablation, elapsed, runs, sound), encoding="utf-8")
     return markdown_path, json_path

@@ -6,7 +6,10 @@ A run reads, in this order (later files override earlier ones):
 2. at a scale, ``experiments/scale/<scale>.yaml`` (what every strategy shares at that scale: seed,
    robustness callbacks and their budgets, encoder width, optimiser, scheduler) and
    ``experiments/scale/<scale>/<experiment>.yaml`` (that strategy's schedule);
-3. ``experiments/data/<data>.yaml``: only the ``data:`` section.
+3. with an encoder other than the paper's ResNet18, ``experiments/encoders/<encoder>.yaml`` (e.g.
+   ``lipschitz``: 1-Lipschitz encoders and the report's sound certificate), for any experiment whose model
+   uses the encoders;
+4. ``experiments/data/<data>.yaml``: only the ``data:`` section.
 
 ``experiments/defaults.yaml`` is read before all of them by :mod:`crmt.cli`, which also reads
 ``experiments/data/embedded.yaml`` when none of them names a data class. A real dataset runs at
@@ -65,10 +68,12 @@ def _existing(path: Path, what: str, folder: Path, listing: str, advice: str = "
 
 
 def config_files(
-    experiment: str, data: str | None = None, scale: str | None = AUTO, root: Path = EXPERIMENTS_DIR
+    experiment: str, data: str | None = None, scale: str | None = AUTO, root: Path = EXPERIMENTS_DIR,
+    encoder: str | None = None,
 ) -> list[Path]:
     """The ``--config`` files of a run of ``experiment`` on ``data`` at ``scale`` (``AUTO``: the
-    data's :func:`default_scale`; ``None``: the experiment's own), in reading order, under ``root``.
+    data's :func:`default_scale`; ``None``: the experiment's own) with ``encoder``'s overlay (``None``: the
+    experiment's ResNet18), in reading order, under ``root``.
     ``FileNotFoundError`` names a missing file and lists what exists; :class:`ScheduleRefused` gives
     the reason of an experiment that has no schedule at that scale by design."""
     if scale == AUTO:
@@ -85,6 +90,9 @@ def config_files(
             raise ScheduleRefused(f"{what}: {reason} To run its own toy settings instead, say so: {own}")
         advice = f"; run it at the experiment's own scale ({own}) or add that file"
         files.append(_existing(schedules / f"{experiment}.yaml", what, schedules, "schedules", advice))
+    if encoder is not None:
+        encoders = root / "encoders"
+        files.append(_existing(encoders / f"{encoder}.yaml", f"encoder {encoder!r}", encoders, "encoders"))
     if data is not None:
         files.append(data_config(data, root))
     return files
@@ -148,9 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scale", default=AUTO, help="experiments/scale/<SCALE>.yaml and its schedule; '' for none "
         "(default: paper for a real dataset, none for embedded* and manifest)",
     )
+    parser.add_argument("--encoder", default=None,
+                        help="experiments/encoders/<ENCODER>.yaml, e.g. lipschitz (default: the ResNet18 encoders)")
     options = parser.parse_args(argv)
     try:
-        files = config_files(options.experiment, options.data, options.scale or None)
+        files = config_files(options.experiment, options.data, options.scale or None, encoder=options.encoder or None)
     except FileNotFoundError as error:
         print(f"crmt.experiments: {error}", file=sys.stderr)
         return 2

@@ -75,7 +75,7 @@ def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
     l2-PGD, ``audit_adaptive_violation_rate`` under the adaptive suite), the number of raised sanity checks
     (``adaptive_flags``), and per smoothed scope the smoothed certified accuracy at its table budget, the
     abstention rate and the reach R_max of the smoothing settings (the budget accuracy is 0 by construction
-    above it)."""
+    above it), and with sound radii the sound certified accuracy at each scope's budget."""
     scalars = {f"{prefix}/acc_{threat.key}": value for threat, value in metrics.accuracy.items()}
     certificates = (("radius", metrics.certified), ("model_radius", metrics.certified_model),
                     ("sound_radius", metrics.certified_sound))
@@ -85,6 +85,10 @@ def scalar_metrics(metrics: RobustnessMetrics, prefix: str) -> dict[str, float]:
         for scope, summary in certificate.radii.items():
             scalars[f"{prefix}/{name}_mean{scope.suffix}"] = summary.mean
             scalars[f"{prefix}/{name}_median{scope.suffix}"] = summary.median
+    if metrics.certified_sound is not None:
+        for scope, summary in metrics.certified_sound.radii.items():
+            if summary.curve is not None:
+                scalars[f"{prefix}/sound_acc_at_budget{scope.suffix}"] = summary.curve.at(metrics.settings.budget(scope))
     if metrics.eta_ratio is not None and metrics.eta_ratio.mean_log_ratio is not None:
         scalars[f"{prefix}/eta_log_ratio_mean"] = metrics.eta_ratio.mean_log_ratio
     if metrics.audit is not None and metrics.audit.eligible:

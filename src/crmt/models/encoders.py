@@ -3,18 +3,24 @@
 ``width`` is the channel count of the first stage (64 in the paper); the feature
 dimension is ``8 * width`` (512 in the paper). :func:`build_encoder` picks the encoder
 from the shape of one input: (C, F, T) is a spectrogram, (C, T, H, W) a stack of frames
-(RGB video, or 2-channel optical flow).
+(RGB video, or 2-channel optical flow), and from its kind: ``resnet18`` (the paper's, the
+default) or ``lipschitz`` (1-Lipschitz by construction, :mod:`crmt.models.lipschitz_encoders`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
 from crmt.models.layer_bounds import ConvInputSizes, conv_bn_bound, max_pool_bound
+from crmt.models.lipschitz_encoders import LipschitzFrameEncoder, LipschitzSpectrogramEncoder
+
+EncoderKind = Literal["resnet18", "lipschitz"]
+"""The encoders a model can be built with (``encoder`` of :class:`crmt.strategies.base.MultiModalModule`)."""
 
 
 class BasicBlock(nn.Module):
@@ -125,15 +131,23 @@ class FrameEncoder(nn.Module):
         return bound / math.sqrt(frames * output_shape[2] * output_shape[3])
 
 
-def build_encoder(input_shape: Sequence[int], width: int = 64) -> SpectrogramEncoder | FrameEncoder:
-    """The encoder for inputs of ``input_shape`` (one sample, no batch dimension).
+def build_encoder(input_shape: Sequence[int], width: int = 64, kind: EncoderKind = "resnet18") -> nn.Module:
+    """The encoder of ``kind`` for inputs of ``input_shape`` (one sample, no batch dimension).
 
-    (C, F, T) -> :class:`SpectrogramEncoder`; (C, T, H, W) -> :class:`FrameEncoder`.
+    (C, F, T) -> a spectrogram encoder; (C, T, H, W) -> a frame encoder. ``resnet18``:
+    :class:`SpectrogramEncoder`, :class:`FrameEncoder`; ``lipschitz``: their 1-Lipschitz counterparts.
     """
+    encoders = {
+        "resnet18": (SpectrogramEncoder, FrameEncoder),
+        "lipschitz": (LipschitzSpectrogramEncoder, LipschitzFrameEncoder),
+    }
+    if kind not in encoders:
+        raise ValueError(f"unknown encoder {kind!r}; expected one of {sorted(encoders)}")
+    spectrogram, frames = encoders[kind]
     if len(input_shape) == 3:
-        return SpectrogramEncoder(input_shape[0], width)
+        return spectrogram(input_shape[0], width)
     if len(input_shape) == 4:
-        return FrameEncoder(input_shape[0], width)
+        return frames(input_shape[0], width)
     raise ValueError(
         f"input shape {list(input_shape)} is neither a spectrogram (C, F, T) nor a frame stack (C, T, H, W)"
     )

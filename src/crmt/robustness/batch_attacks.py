@@ -20,7 +20,7 @@ from crmt.models.protocol import MultiModalModel
 from crmt.robustness.attack import CleanPass, clean_pass, missing_modality
 from crmt.robustness.ball import Ball, PixelRanges, rescaled
 from crmt.robustness.certificates import LipschitzEstimator
-from crmt.robustness.modes import eval_mode
+from crmt.robustness.modes import eval_mode, exact_float32
 from crmt.robustness.pgd import L2PGD
 from crmt.robustness.settings import RobustnessSettings
 class PlannedAttack(NamedTuple):
@@ -62,7 +62,8 @@ class BatchAttacks:
     ) -> None:
         self.model, self.settings, self.generator = model, settings, generator
         self.pixel_ranges = tuple(pixel_ranges) if pixel_ranges is not None else (None,) * len(inputs)
-        clean = estimator.clean_pass(inputs, labels) if estimator is not None else clean_pass(model, inputs, labels)
+        with exact_float32():  # the logits every certificate of the report is computed from
+            clean = estimator.clean_pass(inputs, labels) if estimator is not None else clean_pass(model, inputs, labels)
         self.logits, self.gradients, self.features = clean
         self.inputs = [x.clone() for x in inputs]
         self.labels = labels.clone()

@@ -20,7 +20,7 @@ import torch
 from crmt.models.protocol import CertifiableModel, is_certifiable
 from crmt.robustness.attack import CleanPass
 from crmt.robustness.attack_losses import ascent_direction
-from crmt.robustness.certify import linear_pair_lipschitz, orthogonal_pair_lipschitz
+from crmt.robustness.certify import linear_pair_lipschitz, orthogonal_pair_lipschitz, round_up_float32
 from crmt.robustness.lipschitz import GradientMethod, score_gradient_norms, score_input_gradients
 from crmt.robustness.modes import eval_mode, float32_math, input_gradients
 
@@ -156,9 +156,12 @@ class LipschitzEstimator:
 
 @torch.no_grad()
 def sound_pair_lipschitz(model: CertifiableModel) -> torch.Tensor:
-    """Upper bounds L[m, y, j] = Lip(phi^(m)) * ||A_y^(m) W_y^(m) - A_j^(m) W_j^(m)||_2: (M, K, K).
+    """Upper bounds L[m, y, j] = Lip(phi^(m)) * ||A_y^(m) W_y^(m) - A_j^(m) W_j^(m)||_2: (M, K, K), float32
+    rounded up from float64.
 
-    Radii computed from it can never be beaten by any perturbation of that size.
+    Radii computed from it (with :func:`~crmt.robustness.certify.rounding_safe_logits`) can never be beaten by
+    any perturbation of that size. For the orthogonal head the row norm is ``sqrt(a_y^2 + a_j^2) <= |a_y| + |a_j|``
+    (orthonormal rows): at most Theorem 3.5's pair constant with tau = Lip(phi^(m)).
     """
     require_certifiable(model)
     integration = model.head.integration_weights().detach()
@@ -166,4 +169,4 @@ def sound_pair_lipschitz(model: CertifiableModel) -> torch.Tensor:
     for m, weight in enumerate(model.head.modality_weights()):
         rows = integration[m][:, None] * weight.detach()
         tables.append(torch.cdist(rows[None].double(), rows[None].double())[0] * model.encoder_lipschitz_bound(m))
-    return torch.stack(tables).to(integration.dtype)
+    return round_up_float32(torch.stack(tables)).to(integration.device)

@@ -26,6 +26,13 @@ import torch.nn.functional as F
 DENOMINATOR_FLOOR = 1e-12
 """Smallest denominator used in a radius; a zero Lipschitz bound gives a huge but finite radius."""
 
+ROUNDING_MARGIN = 1e-4
+"""Relative rounding margin of sound radii (:func:`rounding_safe_logits`): every margin h_y - h_j is lowered by
+``1e-4 * (1 + max_k |h_k|)`` before it is divided by a sound bound. The float32 logits of the project's models
+differ from their float64 values by about 1e-6 of that scale (measured in tests/test_lipschitz_encoders.py),
+so the margin covers the forward pass's rounding a hundred times over; the radius arithmetic itself (one
+subtraction, one division) loses less than 1e-6 relative, and sound tables are rounded up to float32."""
+
 
 def label_mask(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B,) labels -> (B, K) bool, True at each sample's label."""
@@ -58,6 +65,20 @@ def linear_pair_lipschitz(integration: torch.Tensor, gram: torch.Tensor) -> torc
     diagonal = torch.diagonal(weighted, dim1=-2, dim2=-1)
     squared = diagonal[..., :, None] + diagonal[..., None, :] - 2 * weighted
     return squared.clamp_min(0.0).sqrt()
+
+
+def rounding_safe_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Float32 ``logits`` (B, K) with each label's logit lowered by ``ROUNDING_MARGIN * (1 + max_k |h_k|)``: every
+    margin h_y - h_j of a sound radius then holds for the exact (real-number) logits. A sample whose margin is
+    within the rounding margin counts as misclassified (radius 0)."""
+    scale = 1.0 + logits.abs().amax(dim=1)
+    return logits - ROUNDING_MARGIN * scale[:, None] * label_mask(labels, logits.shape[1])
+
+
+def round_up_float32(table: torch.Tensor) -> torch.Tensor:
+    """A float64 table as float32 values no smaller than it (one ulp up where the cast rounded down)."""
+    rounded = table.float()
+    return torch.where(rounded.double() < table, torch.nextafter(rounded, torch.full_like(rounded, float("inf"))), rounded)
 
 
 def _pair_lipschitz_of_labels(pair_lipschitz: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

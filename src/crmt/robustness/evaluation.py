@@ -52,7 +52,16 @@ from crmt.robustness.certify import certified_radius
 from crmt.robustness.modes import float32_math
 from crmt.robustness.pgd import FGM
 from crmt.robustness.progress import Progress, plural
-from crmt.robustness.records import BatchRecords, CertifiedRadii, RobustnessResults
+from crmt.robustness.records import (
+    CONSTRUCTION_LIPSCHITZ_SOURCE,
+    EVALUATED_LIPSCHITZ_SOURCE,
+    MODEL_LIPSCHITZ_SOURCE,
+    MODEL_SOUND_LIPSCHITZ_SOURCE,
+    SOUND_LIPSCHITZ_SOURCE,
+    BatchRecords,
+    CertifiedRadii,
+    RobustnessResults,
+)
 from crmt.robustness.results import AuditCounts
 from crmt.robustness.settings import RobustnessSettings
 from crmt.robustness.smoothing import JOINT_SCOPE, SmoothedCertificates, SmoothingCertifier
@@ -61,9 +70,6 @@ from crmt.robustness.threats import Scope, Threat
 
 ReduceMax = Callable[[torch.Tensor], torch.Tensor]
 
-EVALUATED_LIPSCHITZ_SOURCE = "estimated (max input-gradient norms over the evaluated samples)"
-MODEL_LIPSCHITZ_SOURCE = "estimated (the model's own tau~, max over the training set, as in the paper)"
-SOUND_LIPSCHITZ_SOURCE = "sound upper bound"
 
 
 class BatchEvaluation(NamedTuple):
@@ -263,7 +269,8 @@ class RobustnessEvaluator:
         results.certified = CertifiedRadii.of(EVALUATED_LIPSCHITZ_SOURCE, table, logits, labels, modalities)
         known = model.known_pair_lipschitz()
         if known is not None:
-            results.certified_model = CertifiedRadii.of(MODEL_LIPSCHITZ_SOURCE, known, logits, labels, modalities)
+            source = MODEL_SOUND_LIPSCHITZ_SOURCE if getattr(model, "tau_is_sound", False) else MODEL_LIPSCHITZ_SOURCE
+            results.certified_model = CertifiedRadii.of(source, known, logits, labels, modalities)
         results.audit = self._audit(table, all_gather)
         if self.settings.sound_certificate:
             try:
@@ -271,7 +278,9 @@ class RobustnessEvaluator:
             except NotImplementedError as error:
                 results.sound_note = f"no sound bound: {error}"
             else:
-                results.certified_sound = CertifiedRadii.of(SOUND_LIPSCHITZ_SOURCE, sound, logits, labels, modalities)
+                by_construction = getattr(model, "encoders_bounded_by_construction", False)
+                source = CONSTRUCTION_LIPSCHITZ_SOURCE if by_construction else SOUND_LIPSCHITZ_SOURCE
+                results.certified_sound = CertifiedRadii.of(source, sound, logits, labels, modalities)
                 if self.settings.audit_sound:
                     results.audit = replace(results.audit, sound=self._audit(sound, all_gather))
         return results

@@ -1,4 +1,5 @@
-"""Context managers: evaluation state restored afterwards, input gradients in any loop, float32 math."""
+"""Context managers: evaluation state restored afterwards, input gradients in any loop, float32 math, and float32
+without TF32 for the logits certificates are computed from."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ def float32_math() -> Iterator[None]:
     projections run in float32 even inside a ``bf16-mixed`` or ``16-mixed`` training or evaluation step."""
     with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
         yield
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Float32 math (:func:`float32_math`) with TensorFloat-32 off for convolutions and matrix products: on GPUs that
+    have it (Ampere and later) cuDNN uses TF32 by default, whose 10-bit mantissa would put errors of about 1e-3 of
+    their scale into logits and defeat the rounding margin of sound radii
+    (:data:`~crmt.robustness.certify.ROUNDING_MARGIN`). The previous settings are restored on exit."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with float32_math():
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul

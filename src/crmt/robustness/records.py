@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from crmt.robustness.certify import certified_radius, unimodal_radius
+from crmt.robustness.certify import certified_radius, unimodal_radius, rounding_safe_logits
 from crmt.robustness.results import (
     AccuracyCurves,
     AdaptiveSummary,
@@ -50,7 +50,13 @@ class BatchRecords(NamedTuple):
 
 EVALUATED_LIPSCHITZ_SOURCE = "estimated (max input-gradient norms over the evaluated samples)"
 MODEL_LIPSCHITZ_SOURCE = "estimated (the model's own tau~, max over the training set, as in the paper)"
-SOUND_LIPSCHITZ_SOURCE = "sound upper bound"
+MODEL_SOUND_LIPSCHITZ_SOURCE = (
+    "sound (the model's own tau = its encoders' Lipschitz bounds, Theorem 3.5 as CRMT's step 2 optimised it)"
+)
+SOUND_LIPSCHITZ_SOURCE = "sound upper bound (layer product of the encoders, times the head's row differences)"
+CONSTRUCTION_LIPSCHITZ_SOURCE = "sound (1-Lipschitz encoders by construction, times the head's row differences)"
+SOUND_SOURCES = (MODEL_SOUND_LIPSCHITZ_SOURCE, SOUND_LIPSCHITZ_SOURCE, CONSTRUCTION_LIPSCHITZ_SOURCE)
+"""The sources whose radii are computed with the rounding margin (:func:`~crmt.robustness.certify.rounding_safe_logits`)."""
 
 
 @dataclass
@@ -67,8 +73,11 @@ class CertifiedRadii:
     def of(
         cls, lipschitz: str, pair_lipschitz: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, modalities: Sequence[str]
     ) -> CertifiedRadii:
-        """The radii of samples with clean ``logits`` (N, K) and ``labels`` (N,); 0 where misclassified."""
+        """The radii of samples with clean ``logits`` (N, K) and ``labels`` (N,); 0 where misclassified. A sound
+        ``lipschitz`` source (``SOUND_SOURCES``) gets the rounding margin of float32 logits."""
         table = pair_lipschitz.to(logits.device)
+        if lipschitz in SOUND_SOURCES:
+            logits = rounding_safe_logits(logits.float(), labels)
         radii = {
             scope: certified_radius(logits, labels, table) if scope.multimodal
             else unimodal_radius(logits, labels, table, list(modalities).index(scope.modalities[0]))
@@ -209,6 +218,7 @@ class RobustnessResults:
         threat key, Table-2 order), when certified, ``radius`` (common protocol) and
         ``model_radius`` (multi-modal radii), and with smoothing ``smoothed``: per scope key, the
         certified rows' ``index`` (dataset index), smoothed ``prediction`` (-1: abstained) and ``radius``; with
+        sound radii ``sound_certified`` (:meth:`sound_certified_outcomes`); with
         the adaptive suite ``adaptive_broken_by``: per scope key, which of the suite's attacks (metrics.json's
         ``adaptive.attacks``) broke the sample first (-1: none, -2: misclassified clean)."""
         index = self.index if self.index is not None else torch.arange(self.samples)
@@ -227,4 +237,17 @@ class RobustnessResults:
                 scope.key: {"index": c.index.tolist(), "prediction": c.prediction.tolist(), "radius": c.radius.tolist()}
                 for scope, c in self.smoothed.items()
             }
+        if self.certified_sound is not None:
+            values["sound_certified"] = self.sound_certified_outcomes()
         return values
+
+    def sound_certified_outcomes(self) -> dict[str, list[int]]:
+        """0/1 per sample: a sound radius at least the scope's table budget (key: the scope's key) and at least half
+        of it (``<key>_half``), for each scope of ``certified_sound`` (a misclassified sample's radius is 0, and
+        budgets are positive, so 1 also means clean-correct)."""
+        outcomes = {}
+        for scope, radius in self.certified_sound.radii.items():
+            budget = self.settings.budget(scope)
+            for suffix, threshold in (("", budget), ("_half", budget / 2)):
+                outcomes[f"{scope.key}{suffix}"] = (radius >= threshold).int().tolist()
+        return outcomes

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crmt.robustness.records import RobustnessResults
+from crmt.robustness.records import CONSTRUCTION_LIPSCHITZ_SOURCE, RobustnessResults
 from crmt.robustness.figures import (
     plot_accuracy_vs_radius,
     plot_certified_accuracy,
     plot_eta_ratio_heatmap,
 )
-from crmt.robustness.results import AdaptiveSummary, RobustnessMetrics, SmoothedCertificate, SurvivalCurve
+from crmt.robustness.certify import ROUNDING_MARGIN
+from crmt.robustness.results import (
+    AdaptiveSummary,
+    Certificate,
+    RobustnessMetrics,
+    SmoothedCertificate,
+    SurvivalCurve,
+)
 from crmt.robustness.threats import Scope, Threat
 
 SMOOTHING_RADII_OVER_SIGMA: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
@@ -111,6 +118,41 @@ def sound_bound_line(metrics: RobustnessMetrics) -> str:
                            if not scope.multimodal)
     return (f"Radii from the layer-product Lipschitz bound ({sound.lipschitz}, sound but far too loose to "
             f"certify much): mean multi-modal radius {sound.multimodal.mean:.2e}; uni-modal: {modalities}.")
+
+
+def sound_budget_rows(certificate: Certificate, budget_of: Callable[[Scope], float]) -> list[list[str]]:
+    """Per scope of a sound certificate: its budget, certified accuracy at the budget and at half of it,
+    mean and median radius."""
+    rows = []
+    for scope, summary in certificate.radii.items():
+        budget = budget_of(scope)
+        rows.append([scope.label, f"{budget:g}", _cell(summary.curve.at(budget)), _cell(summary.curve.at(budget / 2)),
+                     _cell(summary.mean), _cell(summary.median)])
+    return rows
+
+
+def sound_section(metrics: RobustnessMetrics) -> list[str]:
+    """Certified accuracy from the sound radii of 1-Lipschitz encoders (and the model's own sound tau, CRMT), with
+    their audit: the guarantee, not an estimate."""
+    settings, audit = metrics.settings, metrics.audit
+    header = ["certificate", "scope", "budget", "certified acc. at the budget", "at half the budget",
+              "mean radius", "median radius"]
+    certificates = {"sound, exact head rows": metrics.certified_sound}
+    if metrics.certified_model is not None and metrics.certified_model.lipschitz.startswith("sound"):
+        certificates["sound, Theorem 3.5 (model's tau)"] = metrics.certified_model
+    rows = [[name, *row] for name, certificate in certificates.items()
+            for row in sound_budget_rows(certificate, settings.budget)]
+    lines = ["", "## Sound certified radii (1-Lipschitz encoders)", "",
+             f"Lipschitz constants: {metrics.certified_sound.lipschitz}. Every radius holds for every perturbation "
+             f"of that l2 size (float32, each margin lowered by {ROUNDING_MARGIN:g} x (1 + max |logit|) for rounding); "
+             "the estimated radii above are not guarantees.", "", markdown_table(header, rows)]
+    if audit is not None and audit.sound is not None:
+        sound = audit.sound
+        lines += ["", f"Audit of the sound radii (the same attacks as above): {sound.violations} of {sound.eligible} "
+                      "certified samples beaten" + (f", adaptive {sound.adaptive_violations}"
+                                                   if sound.adaptive_violations is not None else "")
+                  + " (any violation would be a bug)."]
+    return lines
 
 
 def smoothing_table(metrics: RobustnessMetrics) -> str:
@@ -261,7 +303,9 @@ def render_markdown(name: str, metrics: RobustnessMetrics) -> str:
             "",
             certificate_table({name: metrics}),
         ]
-        if metrics.certified_sound is not None:
+        if metrics.certified_sound is not None and metrics.certified_sound.lipschitz == CONSTRUCTION_LIPSCHITZ_SOURCE:
+            parts += sound_section(metrics)
+        elif metrics.certified_sound is not None:
             parts += ["", sound_bound_line(metrics)]
     elif metrics.sound_note:
         parts += ["", f"Certified radii: {metrics.sound_note}."]
@@ -279,7 +323,8 @@ def certified_curves(metrics: RobustnessMetrics) -> dict[str, dict[str, Survival
     if metrics.smoothed is not None:
         families["smoothed, sound"] = {scope.label: c.curve for scope, c in metrics.smoothed.items()}
     if metrics.certified_sound is not None:
-        families["layer-product bound, sound"] = {
+        by_construction = metrics.certified_sound.lipschitz == CONSTRUCTION_LIPSCHITZ_SOURCE
+        families["1-Lipschitz encoders, sound" if by_construction else "layer-product bound, sound"] = {
             scope.label: summary.curve for scope, summary in metrics.certified_sound.radii.items()
         }
     return families

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from crmt.models.encoders import build_encoder
+from crmt.models.encoders import EncoderKind, build_encoder
 from crmt.models.heads import FusionOutput
 from crmt.models.noise import GaussianInputNoise, modality_sigmas
 from crmt.models.protocol import Batch, LipschitzBounded, PixelData, PixelNormalization, conforms
@@ -73,6 +73,8 @@ class MultiModalModule(LightningModule):
             e.g. ``{"visual": [3, T, H, W], "audio": [1, F, T_a]}`` (linked from the data
             module by the CLI). The order is the modality order m of every (M, ...) tensor.
         encoder_width: channels of the first ResNet18 stage (64 in the paper); features are 8x that.
+        encoder: ``resnet18`` (the paper's encoders) or ``lipschitz`` (1-Lipschitz by construction, so the
+            certified radii of every head are sound: :mod:`crmt.models.lipschitz_encoders`).
         optimizer: optimiser factory for the step that trains the whole model.
         lr_scheduler: optional scheduler factory for that optimiser, stepped once per epoch.
         noise_sigma: standard deviation of the Gaussian noise added to the normalised inputs in
@@ -106,6 +108,7 @@ class MultiModalModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         noise_sigma: float | dict[str, float] = 0.0,
         pixel_normalization: PixelNormalization | None = None,
+        encoder: EncoderKind = "resnet18",
     ) -> None:
         super().__init__()
         input_shapes = {name: list(shape) for name, shape in (input_shapes or PAPER_INPUT_SHAPES).items()}
@@ -131,6 +134,7 @@ class MultiModalModule(LightningModule):
         self.input_noise = nn.ModuleDict(
             {name: GaussianInputNoise(sigma) for name, sigma in modality_sigmas(noise_sigma, self.modalities).items()}
         )
+        self.encoder_kind = encoder
         self.encoders = self.build_encoders(input_shapes, encoder_width)
         self.head = self.build_head([encoder.out_dim for encoder in self.encoders.values()], num_classes)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -156,8 +160,14 @@ class MultiModalModule(LightningModule):
             )
 
     def build_encoders(self, input_shapes: dict[str, list[int]], width: int) -> nn.ModuleDict:
-        """One encoder per modality (a ResNet18 chosen by the input's shape); each has ``out_dim``."""
-        return nn.ModuleDict({name: build_encoder(shape, width) for name, shape in input_shapes.items()})
+        """One encoder per modality (of ``encoder``'s kind, chosen by the input's shape); each has ``out_dim``."""
+        return nn.ModuleDict({name: build_encoder(shape, width, self.encoder_kind) for name, shape in input_shapes.items()})
+
+    @property
+    def encoders_bounded_by_construction(self) -> bool:
+        """Whether every encoder is Lipschitz-bounded by construction (``encoder: lipschitz``): its sound bound
+        is then tight enough to certify with (:meth:`encoder_lipschitz_bound`)."""
+        return all(getattr(encoder, "bounded_by_construction", False) for encoder in self.encoders.values())
 
     @abstractmethod
     def build_head(self, feature_dims: list[int], num_classes: int) -> nn.Module:

@@ -2,7 +2,9 @@
 
 Step 1 (epochs [0, step1_epochs)): encoders, W~, a and b~ minimise CE + rho * L1.
 At the switch, once, at the end of the last step-1 epoch: tau~_k^(m) is estimated over the
-training set (max-reduced across ranks) and the frozen uni-modal scores of every training and
+training set (max-reduced across ranks), or, with encoders that are Lipschitz-bounded by construction
+(``encoder: lipschitz``), set to their sound bound L_m for every class (the rows of W~^(m) have norm 1, so
+every tau_k^(m) <= L_m: step 2 then enlarges a guaranteed radius), and the frozen uni-modal scores of every training and
 validation sample are cached (gathered from every rank); the checkpoint of that epoch holds
 the switch. Step 2 (the remaining epochs): only a^(m) is updated, to maximise
 the mean certified bound r_j of the runner-up class, from the cached scores; the encoders
@@ -35,6 +37,7 @@ from torch import nn
 
 from crmt.distributed import gather_rows
 from crmt.losses import margin_regularizer
+from crmt.models.encoders import EncoderKind
 from crmt.models.heads import OrthogonalFusion, integrate_scores
 from crmt.models.protocol import MediaSwitchable, PixelNormalization, conforms
 from crmt.robustness.certificates import LipschitzEstimator, score_function
@@ -89,11 +92,12 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
         step2_selection: Literal["best_val", "last"] = "best_val",
         noise_sigma: float | dict[str, float] = 0.0,
         pixel_normalization: PixelNormalization | None = None,
+        encoder: EncoderKind = "resnet18",
     ) -> None:
         if step2_selection not in ("best_val", "last"):
             raise ValueError(f"step2_selection must be 'best_val' or 'last', got {step2_selection!r}")
         super().__init__(
-            num_classes, input_shapes, encoder_width, optimizer, lr_scheduler, noise_sigma, pixel_normalization
+            num_classes, input_shapes, encoder_width, optimizer, lr_scheduler, noise_sigma, pixel_normalization, encoder
         )
         self.automatic_optimization = False
         self.step2_optimizer_factory = step2_optimizer
@@ -143,18 +147,30 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
             self.val_cache = self._collect_validation_scores()
             self._set_training_media(False)
 
+    @property
+    def tau_is_sound(self) -> bool:
+        """Whether tau holds the encoders' sound Lipschitz bounds rather than the paper's estimate."""
+        return self.encoders_bounded_by_construction
+
+    def sound_tau(self) -> torch.Tensor:
+        """tau (M, K): each encoder's sound bound L_m for every class, rounded up to float32."""
+        bounds = torch.tensor([self.encoder_lipschitz_bound(m) for m in range(len(self.modalities))], dtype=torch.float64)
+        upward = torch.nextafter(bounds.float(), torch.tensor(float("inf")))
+        return upward[:, None].expand_as(self.tau).to(self.tau.device)
+
     def enter_step2(self, last_step1_epoch: int) -> None:
-        """Estimate tau~, cache the training and validation scores (method.md §3)."""
+        """Estimate tau~ (or take the encoders' sound bounds), cache the training and validation scores (method.md §3)."""
         start = time.perf_counter()
         self._use_rank_zero_buffers()
-        self.score_cache, tau = self._collect_scores(self.trainer.train_dataloader, estimate_tau=True)
-        self.tau.copy_(tau)
+        estimate = not self.tau_is_sound
+        self.score_cache, tau = self._collect_scores(self.trainer.train_dataloader, estimate_tau=estimate)
+        self.tau.copy_(tau if estimate else self.sound_tau())
         self.val_cache = self._collect_validation_scores()
         self._start_selection(last_step1_epoch)
         self._set_training_media(False)
         rank_zero_info(
             f"CRMT phase switch after epoch {last_step1_epoch} (step 2 starts at epoch {last_step1_epoch + 1}): "
-            f"tau~ estimated and scores of {int(self.score_cache.present.sum())} training clips (and the "
+            f"{'tau~ estimated' if estimate else 'tau set to the sound bounds of the encoders'} and scores of {int(self.score_cache.present.sum())} training clips (and the "
             f"validation clips') cached in {time.perf_counter() - start:.1f} s"
         )
 
