@@ -125,17 +125,24 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_certify_arguments(parser: argparse.ArgumentParser, sigma: float, draws_per_pass: int, batch: str) -> None:
+    """The options of a benchmark that certifies clips by smoothing: sizes, device, batch (``batch`` says what it
+    holds), clips, and CERTIFY's sigma, n0, n and draws per forward pass (defaults ``sigma``, 64, 1000,
+    ``draws_per_pass``)."""
     parser.add_argument("--sizes", choices=("tiny", "embedded", "paper"), default="tiny",
                         help="benchmarks.scale's tiny or paper sizes (K=31, 224x224, w64), or the embedded data's")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch", type=int, help="clips in the l2-PGD batch (benchmarks.scale's batch)")
-    parser.add_argument("--clips", type=int, default=3, help="clips certified (after one warm-up; default 3)")
-    parser.add_argument("--sigma", type=float, default=0.5)
+    parser.add_argument("--batch", type=int, help=f"{batch} (benchmarks.scale's batch)")
+    parser.add_argument("--clips", type=int, default=3, help="clips certified by smoothing (after one warm-up; default 3)")
+    parser.add_argument("--sigma", type=float, default=sigma)
     parser.add_argument("--n0", type=int, default=64)
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--draws-per-pass", type=int, default=500)
+    parser.add_argument("--draws-per-pass", type=int, default=draws_per_pass)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_certify_arguments(parser, sigma=0.5, draws_per_pass=500, batch="clips in the l2-PGD batch")
     parser.add_argument("--eps", type=float, default=0.5, help="l2-PGD joint budget (the cost does not depend on it)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/smoothing.json"))

@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.progress import note
 from benchmarks.scale import PAPER, TINY, clock, device_info, emit, pick_device, synthetic_batches
-from benchmarks.smoothing import EMBEDDED, certify_seconds
+from benchmarks.smoothing import EMBEDDED, add_certify_arguments, certify_seconds
 from crmt.robustness.certificates import sound_pair_lipschitz
 from crmt.robustness.modes import exact_float32
 from crmt.robustness.records import CONSTRUCTION_LIPSCHITZ_SOURCE, CertifiedRadii
@@ -92,14 +92,7 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", choices=("tiny", "embedded", "paper"), default="tiny")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch", type=int, help="clips per sound-certificate batch (benchmarks.scale's batch)")
-    parser.add_argument("--clips", type=int, default=3, help="clips smoothed (after one warm-up; default 3)")
-    parser.add_argument("--sigma", type=float, default=1.0, help="smoothing sigma (the report's default)")
-    parser.add_argument("--n0", type=int, default=64)
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--draws-per-pass", type=int, default=1000)
+    add_certify_arguments(parser, sigma=1.0, draws_per_pass=1000, batch="clips per sound-certificate batch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/sound_certificate.json"))
     args = parser.parse_args(argv)

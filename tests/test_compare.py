@@ -825,3 +825,17 @@ def test_sound_certified_accuracy_is_summarized_and_judged_from_the_per_clip_rad
     assert joint["bootstrap"]["observed"] == pytest.approx(difference)
     assert len(claims) == 6  # joint and each modality, at the budget and at half of it
     assert "## Sound certified accuracy (1-Lipschitz encoders)" in markdown.read_text(encoding="utf-8")
+
+
+def test_each_crmt_variant_is_judged_against_the_method_it_extends(tmp_path):
+    """Tables 1-3: CRMT-AT above MMAT and CRMT-Mix above Mixup, from the same per-clip outcomes as the other orderings;
+    CRMT-Mix is never judged against JT, nor MMAT against anything."""
+    runs = _fake_runs(tmp_path, names=("jt", "mmat", "mixup", "crmt_at", "crmt_mix"), seeds=(0, 1))
+    _, results_path = write_comparison(runs, tmp_path / "out", replicates=200)
+    claims = {claim["claim"]: claim for claim in json.loads(results_path.read_text(encoding="utf-8"))["claims"]}
+    outcomes = pair_outcomes(runs)
+    for a, b, text in (("crmt_at", "mmat", "CRMT-AT above MMAT, clean"), ("crmt_mix", "mixup", "CRMT-Mix above Mixup, clean")):
+        observed = claims[text]["comparisons"][0]["bootstrap"]["observed"]
+        assert observed == pytest.approx(outcomes.correct[a]["clean"].mean() - outcomes.correct[b]["clean"].mean())
+    assert "gap between uni-modal PGD-l2 on visual and on audio smaller for CRMT-Mix than Mixup" in claims
+    assert not any(text.startswith(("CRMT-Mix above JT", "MMAT above")) for text in claims)

@@ -243,3 +243,20 @@ def test_subsample_check_compares_every_subset_with_the_projection():
         assert check.full_standard_error == paired_bootstrap(d, np.zeros_like(d), replicates=2_000).standard_error
     with pytest.raises(ValueError):
         subsample_check(d, 4)
+
+
+def test_measured_widths_table_states_the_bootstrap_se_of_each_subset_size():
+    """The table's half-width and detectable difference at S seeds are z_0.975 and 2.80 times the root mean square of
+    the subsets' bootstrap SEs, and at all the seeds run the full bootstrap SE."""
+    from crmt.power import measured_widths_table
+
+    rng = np.random.default_rng(8)
+    first, second, *_ = _simulate(rng, 6, 120)
+    d = first - second
+    checks = {"A above B, clean": [subsample_check(d, s, replicates=1_000) for s in range(2, 6)]}
+    table = measured_widths_table(checks, {"A above B, clean": float(d.mean())}).splitlines()
+    assert table[0] == "| ordering | difference | half-width / detectable, S = 3 | half-width / detectable, S = 5 | half-width / detectable, S = 6 |"
+    at_three, at_five, full = checks["A above B, clean"][1].subset_rms, checks["A above B, clean"][3].subset_rms, checks["A above B, clean"][0].full_standard_error
+    cells = [cell.strip() for cell in table[2].strip("|").split("|")]
+    for cell, se in zip(cells[2:], (at_three, at_five, full), strict=True):
+        assert cell == f"{1.959964 * se:.3f} / {2.801585 * se:.3f}"

@@ -48,8 +48,12 @@ ABLATION = ("jt", "ojt", "crmt_step1", "crmt_step2", "crmt_jt")
 """The models of the paper's ablation figure (Figure 5)."""
 LABELS = {
     "jt": "JT", "crmt_jt": "CRMT-JT", "crmt_at": "CRMT-AT", "jt_noise": "JT + noise", "crmt_jt_noise": "CRMT-JT + noise",
+    "mmat": "MMAT", "mixup": "Mixup", "crmt_mix": "CRMT-Mix", "mmt": "MMT", "crmt_mmt": "CRMT-MMT",
 }
 """How the orderings name the models they are about."""
+CRMT_PAIRS = (("crmt_jt", "jt"), ("crmt_at", "jt"), ("crmt_at", "mmat"), ("crmt_mix", "mixup"), ("crmt_mmt", "mmt"))
+"""(CRMT variant, the method it is combined with or compared to): the paper's Tables 1-3 (CRMT-JT and CRMT-AT
+against JT, CRMT-AT against MMAT, CRMT-Mix against Mixup, Table 1 and 2; CRMT-MMT against MMT, Table 3)."""
 SMOOTHING_ORDERINGS = (("crmt_jt", "jt"), ("crmt_jt_noise", "jt_noise"), ("jt_noise", "jt"), ("crmt_jt_noise", "crmt_jt"))
 """Pairs (a, b) judged on smoothed certified accuracy, a above b, where both ran with smoothing: CRMT
 against JT without and with noise training, and noise training against none."""
@@ -529,12 +533,14 @@ def paper_claims(outcomes: PairedOutcomes, threats: Sequence[Threat], replicates
     """The paper's orderings among the methods present, over the ``threats`` evaluated (Table-2
     order), each judged by the paired bootstrap:
 
-    - CRMT-JT (and CRMT-AT) above JT in clean, FGM, PGD and adaptive accuracy, and under uni-modal PGD
-      and adaptive attacks and with a modality missing, for each modality (the paper's Table 2);
+    - each CRMT variant above the method of its pair in ``CRMT_PAIRS`` (CRMT-JT and CRMT-AT above JT,
+      CRMT-AT above MMAT, CRMT-Mix above Mixup, CRMT-MMT above MMT) in clean, FGM, PGD and adaptive accuracy,
+      and under uni-modal PGD and adaptive attacks and with a modality missing, for each modality (the paper's
+      Tables 1-3);
     - CRMT-AT best under FGM, PGD and the adaptive attack: against every other method, holding only if it
       holds against all;
     - with two modalities, the gap |acc(<kind>_<m0>) - acc(<kind>_<m1>)| between the two uni-modal attacks
-      (PGD, and adaptive) smaller for CRMT-JT (and CRMT-AT) than for JT.
+      (PGD, and adaptive) smaller for each CRMT variant than for the method of its pair.
 
     Orderings on the paper's FGM and PGD have ``protocol`` ``paper``; the others ``adaptive`` (see :class:`Claim`).
     """
@@ -544,11 +550,11 @@ def paper_claims(outcomes: PairedOutcomes, threats: Sequence[Threat], replicates
     multimodal = [t for t in threats if t.kind in ("fgm", "pgd", "adaptive") and t.scope.multimodal]
     unimodal = [t for t in threats if t.kind in ("pgd", "adaptive") and not t.scope.multimodal]
     judged = [t for t in threats if t.kind in ("clean", "missing") or t in multimodal or t in unimodal]
-    for a in ("crmt_jt", "crmt_at"):
-        if a in present and "jt" in present:
-            for threat in judged:
-                comparison = judge(outcomes, a, "jt", [threat.key], mean_accuracy, f"accuracy {threat.key}", **options)
-                claims.append(Claim(f"{_label(a)} above JT, {claim_subject(threat)}", (comparison,), claim_protocol(threat)))
+    pairs = [(a, b) for a, b in CRMT_PAIRS if a in present and b in present]
+    for a, b in pairs:
+        for threat in judged:
+            comparison = judge(outcomes, a, b, [threat.key], mean_accuracy, f"accuracy {threat.key}", **options)
+            claims.append(Claim(f"{_label(a)} above {_label(b)}, {claim_subject(threat)}", (comparison,), claim_protocol(threat)))
     rivals = [name for name in present if name != "crmt_at"]
     if "crmt_at" in present and rivals:
         for threat in multimodal:
@@ -564,14 +570,13 @@ def paper_claims(outcomes: PairedOutcomes, threats: Sequence[Threat], replicates
         first, second = pair
         keys = [first.key, second.key]
         gap = absolute_gap(*keys)
-        for a in ("crmt_jt", "crmt_at"):
-            if a in present and "jt" in present:
-                comparison = judge(outcomes, a, "jt", keys, gap, gap.__name__, higher_is_better=False, **options)
-                claims.append(Claim(
-                    f"gap between uni-modal {KIND_TITLES[kind]} on {first.attacked[0]} and on {second.attacked[0]} "
-                    f"smaller for {_label(a)} than JT",
-                    (comparison,), claim_protocol(first),
-                ))
+        for a, b in pairs:
+            comparison = judge(outcomes, a, b, keys, gap, gap.__name__, higher_is_better=False, **options)
+            claims.append(Claim(
+                f"gap between uni-modal {KIND_TITLES[kind]} on {first.attacked[0]} and on {second.attacked[0]} "
+                f"smaller for {_label(a)} than {_label(b)}",
+                (comparison,), claim_protocol(first),
+            ))
     return claims
 
 

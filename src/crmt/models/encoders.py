@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from crmt.models.frames import per_frame_features
 from crmt.models.layer_bounds import ConvInputSizes, conv_bn_bound, max_pool_bound
 from crmt.models.lipschitz_encoders import LipschitzFrameEncoder, LipschitzSpectrogramEncoder
 
@@ -118,10 +119,7 @@ class FrameEncoder(nn.Module):
         self.out_dim = self.trunk.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames, height, width = x.shape
-        per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        features = self.trunk(per_frame)
-        return features.reshape(batch, frames, features.shape[1], -1).mean(dim=(1, 3))
+        return per_frame_features(self.trunk, x).mean(dim=(1, 3))
 
     def lipschitz_upper_bound(self, input_shape: Sequence[int]) -> float:
         """Upper bound of the l2 Lipschitz constant on inputs (C, T, H, W): the per-frame trunk's, times

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from crmt.models.frames import per_frame_features
 from crmt.models.lipschitz_layers import AOLConv2d, MaxMin, norm_pool
 
 
@@ -48,41 +49,37 @@ class LipschitzTrunk(nn.Module):
         return math.prod(layer.lipschitz_upper_bound() for layer in self.layers if isinstance(layer, AOLConv2d))
 
 
-class LipschitzSpectrogramEncoder(nn.Module):
-    """Spectrogram encoder: (B, C, F, T_a) -> (B, 8 * width), norm-pooled over positions; 1-Lipschitz."""
+class LipschitzEncoder(nn.Module):
+    """A :class:`LipschitzTrunk` and its feature size; subclasses pool its output. 1-Lipschitz by construction."""
 
     bounded_by_construction = True
 
-    def __init__(self, in_channels: int = 1, width: int = 64) -> None:
+    def __init__(self, in_channels: int, width: int) -> None:
         super().__init__()
         self.trunk = LipschitzTrunk(in_channels, width)
         self.out_dim = self.trunk.out_dim
+
+    def lipschitz_upper_bound(self, input_shape: Sequence[int]) -> float:
+        """The trunk's bound (norm pooling: 1), whatever the input shape."""
+        return self.trunk.lipschitz_upper_bound()
+
+
+class LipschitzSpectrogramEncoder(LipschitzEncoder):
+    """Spectrogram encoder: (B, C, F, T_a) -> (B, 8 * width), norm-pooled over positions; 1-Lipschitz."""
+
+    def __init__(self, in_channels: int = 1, width: int = 64) -> None:
+        super().__init__(in_channels, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return norm_pool(self.trunk(x), (2, 3))
 
-    def lipschitz_upper_bound(self, input_shape: Sequence[int]) -> float:
-        """The trunk's bound (pooling: 1), whatever the input shape."""
-        return self.trunk.lipschitz_upper_bound()
 
-
-class LipschitzFrameEncoder(nn.Module):
+class LipschitzFrameEncoder(LipschitzEncoder):
     """Frame encoder: (B, C, T, H, W) -> (B, 8 * width), each frame through the trunk, norm-pooled over frames
     and positions; 1-Lipschitz (the per-frame map is block-diagonal over frames: its norm is the trunk's)."""
 
-    bounded_by_construction = True
-
     def __init__(self, in_channels: int = 3, width: int = 64) -> None:
-        super().__init__()
-        self.trunk = LipschitzTrunk(in_channels, width)
-        self.out_dim = self.trunk.out_dim
+        super().__init__(in_channels, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames, height, width = x.shape
-        per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        features = self.trunk(per_frame)
-        return norm_pool(features.reshape(batch, frames, features.shape[1], -1), (1, 3))
-
-    def lipschitz_upper_bound(self, input_shape: Sequence[int]) -> float:
-        """The trunk's bound (pooling: 1), whatever the input shape."""
-        return self.trunk.lipschitz_upper_bound()
+        return norm_pool(per_frame_features(self.trunk, x), (1, 3))
