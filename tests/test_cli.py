@@ -265,6 +265,8 @@ def test_crmt_jt_with_lipschitz_encoders_certifies_soundly_end_to_end(tmp_path):
     assert metrics["audit"]["sound_eligible"] > 0 and metrics["audit"]["sound_violations"] == 0
     per_sample = json.loads((report / "per_sample.json").read_text())
     assert set(per_sample["sound_certified"]) == {"multimodal", "multimodal_half", "visual", "visual_half", "audio", "audio_half"}
+    budget = metrics["settings"]["multimodal_eps"]
+    assert per_sample["sound_certified"]["multimodal"] == [int(r >= budget) for r in per_sample["sound_radius"]["multimodal"]]
     assert "## Sound certified radii (1-Lipschitz encoders)" in (report / "report.md").read_text()
 
 

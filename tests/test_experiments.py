@@ -202,6 +202,7 @@ def test_make_train_passes_the_composed_configs_and_nothing_else_without_data():
     expected = " ".join(f"--config {path.relative_to(REPO)}" for path in config_files("crmt_at", "ks"))
     assert planned("EXP=crmt_at", "DATA=ks") == expected
     assert planned("EXP=crmt_at", "DATA=ks", "SCALE=") == "--config experiments/crmt_at.yaml --config experiments/data/ks.yaml"
+    assert planned("EXP=crmt_jt", "ENCODER=lipschitz") == "--config experiments/crmt_jt.yaml --config experiments/encoders/lipschitz.yaml"
 
 
 def test_the_embedded_default_is_todays_data_module(monkeypatch, capsys):

@@ -282,7 +282,7 @@ class RobustnessEvaluator:
                 source = CONSTRUCTION_LIPSCHITZ_SOURCE if by_construction else SOUND_LIPSCHITZ_SOURCE
                 results.certified_sound = CertifiedRadii.of(source, sound, logits, labels, modalities)
                 if self.settings.audit_sound:
-                    results.audit = replace(results.audit, sound=self._audit(sound, all_gather))
+                    results.audit = replace(results.audit, sound=self._audit(sound, all_gather, "sound"))
         return results
 
     def _smoothed(self, all_gather: AllGather | None) -> dict[Scope, SmoothedCertificates] | None:
@@ -293,8 +293,8 @@ class RobustnessEvaluator:
         scopes = {JOINT_SCOPE: Scope(tuple(modalities)), **{name: Scope((name,)) for name in modalities}}
         return {scopes[name]: certificates for name, certificates in self.smoother.finalize(all_gather).items()}
 
-    def _audit(self, table: torch.Tensor, all_gather: AllGather | None) -> AuditCounts:
-        """Attack this rank's stored samples just inside their radii (with the adaptive suite's gradient
+    def _audit(self, table: torch.Tensor, all_gather: AllGather | None, radii: str = "estimated") -> AuditCounts:
+        """Attack this rank's stored samples just inside their ``radii`` (which the announcement names) (with the adaptive suite's gradient
         attacks too, when evaluated); counts summed over ranks."""
         adaptive = self.settings.adaptive
         suite = None
@@ -311,7 +311,7 @@ class RobustnessEvaluator:
             announce = self.progress is not None and suite is not None
             timed = self.progress.timed("Radius audit", (
                 f"l2-PGD ({self.settings.audit_steps} steps), then the suite's APGD-CE and APGD-T on the clips it "
-                f"left standing, at {self.settings.audit_fraction} x each estimated radius, "
+                f"left standing, at {self.settings.audit_fraction} x each {radii} radius, "
                 f"{plural(int(labels.shape[0]), 'clip')}" + (" of this rank" if self.progress.ranks > 1 else "")
             )) if announce else nullcontext()
             with timed, torch.inference_mode(False), float32_math():

@@ -218,7 +218,7 @@ class RobustnessResults:
         threat key, Table-2 order), when certified, ``radius`` (common protocol) and
         ``model_radius`` (multi-modal radii), and with smoothing ``smoothed``: per scope key, the
         certified rows' ``index`` (dataset index), smoothed ``prediction`` (-1: abstained) and ``radius``; with
-        sound radii ``sound_certified`` (:meth:`sound_certified_outcomes`); with
+        sound radii ``sound_radius`` (per scope key, each clip's) and ``sound_certified`` (:meth:`sound_certified_outcomes`); with
         the adaptive suite ``adaptive_broken_by``: per scope key, which of the suite's attacks (metrics.json's
         ``adaptive.attacks``) broke the sample first (-1: none, -2: misclassified clean)."""
         index = self.index if self.index is not None else torch.arange(self.samples)
@@ -238,6 +238,7 @@ class RobustnessResults:
                 for scope, c in self.smoothed.items()
             }
         if self.certified_sound is not None:
+            values["sound_radius"] = {scope.key: radius.float().tolist() for scope, radius in self.certified_sound.radii.items()}
             values["sound_certified"] = self.sound_certified_outcomes()
         return values
 
