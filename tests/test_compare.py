@@ -839,3 +839,14 @@ def test_each_crmt_variant_is_judged_against_the_method_it_extends(tmp_path):
         assert observed == pytest.approx(outcomes.correct[a]["clean"].mean() - outcomes.correct[b]["clean"].mean())
     assert "gap between uni-modal PGD-l2 on visual and on audio smaller for CRMT-Mix than Mixup" in claims
     assert not any(text.startswith(("CRMT-Mix above JT", "MMAT above")) for text in claims)
+
+
+def test_a_radius_where_neither_method_certifies_anything_is_not_judged(tmp_path):
+    runs = _fake_runs(tmp_path, names=("jt", "crmt_jt"), seeds=(0, 1))
+    for seed_runs in runs.values():
+        for run in seed_runs:
+            _add_sound_radii(run, shift=-5.0)  # every radius 0
+    runs = {name: [load_run(name, run.seed, run.folder) for run in seed_runs] for name, seed_runs in runs.items()}
+    markdown, results_path = write_comparison(runs, tmp_path / "out", replicates=200)
+    assert json.loads(results_path.read_text(encoding="utf-8"))["sound_claims"] == []
+    assert "neither method of a pair certifies any clip" in markdown.read_text(encoding="utf-8")

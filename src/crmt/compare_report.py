@@ -367,13 +367,16 @@ def sound_table(summary: Mapping[str, Mapping]) -> str:
 
 def sound_claims(outcomes: PairedOutcomes, replicates: int = 10_000, seed: int = 0) -> list[Claim]:
     """``SOUND_ORDERINGS`` among the methods with sound radii, per scope, at the budget and at half of it, judged
-    by the paired bootstrap on the per-clip outcomes "sound radius >= r"."""
+    by the paired bootstrap on the per-clip outcomes "sound radius >= r"; a radius at which neither method certifies
+    any clip is not judged."""
     claims = []
     for a, b in SOUND_ORDERINGS:
         if a not in outcomes.correct or b not in outcomes.correct:
             continue
         keys = [key for key in outcomes.correct[a] if key.startswith(SOUND_PREFIX) and key in outcomes.correct[b]]
         for key in keys:
+            if not (outcomes.correct[a][key].any() or outcomes.correct[b][key].any()):
+                continue  # neither certifies any clip: nothing to judge (the summary table shows the zeros)
             scope_key = key.removeprefix(SOUND_PREFIX)
             where = "half the budget" if scope_key.endswith("_half") else "the budget"
             scope = _scope_label(scope_key.removesuffix("_half"))
@@ -889,6 +892,9 @@ def render_markdown(results: Mapping, claims: Sequence[Claim], smoothing: Sequen
         if sound:
             parts += ["", "Orderings on sound certified accuracy, judged by the paired bootstrap below:", "",
                       claims_table(sound)]
+        else:
+            parts += ["", "No ordering on sound certified accuracy is judged: at these radii neither method of a pair "
+                          "certifies any clip."]
     if results["adaptive"]:
         parts += [
             "",
