@@ -270,6 +270,17 @@ def test_crmt_jt_with_lipschitz_encoders_certifies_soundly_end_to_end(tmp_path):
     assert "## Sound certified radii (1-Lipschitz encoders)" in (report / "report.md").read_text()
 
 
+def test_one_seed_flag_seeds_the_model_draws_too(tmp_path):
+    """Mixup's ``seed`` (its lam and permutation draws) follows ``--seed_everything`` like the data module's: with a
+    seed other than 0 the two used to differ, and Lightning refused to log their hyperparameters (the run stopped)."""
+    args = [arg for arg in tiny_run_args(tmp_path) if "step1_epochs" not in arg and "step2_epochs" not in arg]
+    run_cli(["fit", "--config", "experiments/mixup.yaml", *args, "--trainer.max_epochs=1", "--seed_everything=3",
+             "--report.settings.adaptive.suite=none", "--trainer.enable_progress_bar=false"], cwd=REPO)
+    (folder,) = (tmp_path / "runs" / "crmt").iterdir()
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["seed_everything"] == config["data"]["init_args"]["seed"] == config["model"]["init_args"]["seed"] == 3
+
+
 def test_ddp_two_processes_share_tau_and_integration_weights(tmp_path):
     """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): both ranks end identical, step 2 saw all samples."""
     state_dir = tmp_path / "state"

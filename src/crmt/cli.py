@@ -16,7 +16,8 @@ without repeating the others (Lightning's ``add_lightning_class_args``): ``check
 (:class:`RobustnessMonitor`), ``report`` (:class:`RobustnessReport`) and ``predictions``
 (:class:`PredictionWriter`), e.g. ``--report.settings.smoothing.samples 32``. ``--trainer.callbacks+=``
 adds others. The rich progress bar is on unless ``--trainer.enable_progress_bar false``.
-``--seed_everything`` seeds the whole run, the data module's ``seed`` (loader order, augmentation) included.
+``--seed_everything`` seeds the whole run, the data module's ``seed`` (loader order, augmentation) and the model's
+(mixing and noise draws of Mixup, CRMT-Mix, OGM-GE) included.
 Each run folder keeps its resolved config (:mod:`crmt.runs`); ``--run <id or folder>`` rebuilds it for
 ``test``, ``validate`` or ``predict``.
 """
@@ -102,12 +103,17 @@ class CRMTCLI(LightningCLI):
     @staticmethod
     def _seed_whole_run(config) -> None:
         """``seed_everything`` is the run's one seed: a drawn one (``true``) is fixed here, so the saved config
-        reproduces the run, and the data module's ``seed`` follows it."""
+        reproduces the run, and the ``seed`` of the data module and of the model (Mixup's, CRMT-Mix's and OGM-GE's
+        draws) follow it. (A model and a data module whose ``seed`` differ would also stop the run: Lightning refuses
+        to log their hyperparameters together.)"""
         if config.seed_everything is True:
             config.seed_everything = random.randint(0, 2**31 - 1)
         seed = config.seed_everything
-        if isinstance(seed, int) and not isinstance(seed, bool) and "seed" in config.data.get("init_args", {}):
-            config.data.init_args.seed = seed
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            return
+        for part in (config.data, config.model):
+            if "seed" in part.get("init_args", {}):
+                part.init_args.seed = seed
 
     def _resume(self, config) -> None:
         """Point ``ckpt_path`` at the checkpoint to continue and the logger at that run's folder."""
