@@ -1,7 +1,8 @@
 """How many seeds a comparison needs: the power of the paired two-level bootstrap of
 :mod:`crmt.statistics`, projected from finished runs to other numbers of seeds (and clips).
 
-``python -m crmt.power runs/compare/<DATA> [--seeds 3 5 8 12] [--clips N] [--check]`` prints, for the
+``python -m crmt.power runs/compare/<DATA> [--experiments jt crmt_jt crmt_at] [--seeds 3 5 8 12] [--clips N] [--check]``
+prints, for the
 headline orderings (CRMT-JT above JT and CRMT-AT above JT: clean, under the paper's joint PGD and under
 the adaptive evaluation's joint worst case), the projected 95% half-width and the minimum detectable
 difference at each number of seeds, and the smallest number of seeds at which the observed difference
@@ -441,6 +442,8 @@ def format_report(powers: Sequence[OrderingPower], checks: Mapping[str, Sequence
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a comparison's output folder (<folder>/<experiment>/seed<s>/)")
+    parser.add_argument("--experiments", nargs="+", default=None,
+                        help="the experiments to read (default: every one in the folder, over the seeds they share)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(PROJECTED_SEEDS), help="numbers of seeds to project to")
     parser.add_argument("--clips", type=int, default=None, help="test clips per seed (default: as run)")
     parser.add_argument("--check", action="store_true", help="check the projection by subsampling the seeds run")
@@ -453,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     from crmt.compare_report import load_comparison_runs, pair_outcomes
 
     options = _parser().parse_args(argv)
-    runs = load_comparison_runs(options.folder)
+    runs = load_comparison_runs(options.folder, options.experiments)
     outcomes = pair_outcomes(runs)
     powers = headline_power(outcomes, options.seeds, options.clips)
     if not powers:
