@@ -14,7 +14,7 @@ from torch.func import jvp, vjp
 
 from crmt.models.encoders import build_encoder
 from crmt.models.lipschitz_encoders import LipschitzFrameEncoder, LipschitzSpectrogramEncoder
-from crmt.models.lipschitz_layers import AOLConv2d, AOLLinear, MaxMin, norm_pool
+from crmt.models.lipschitz_layers import AOLConv2d, MaxMin, norm_pool
 from crmt.robustness.audit import audit_radii
 from crmt.robustness.certificates import sound_pair_lipschitz
 from crmt.robustness.certify import ROUNDING_MARGIN, certified_radius, rounding_safe_logits
@@ -44,29 +44,30 @@ def test_aol_convolution_norm_never_exceeds_its_bound(in_channels, out_channels,
 
 
 def test_aol_is_exact_on_orthogonal_columns():
-    """Closed form: columns already orthogonal -> AOL scales each to norm 1, the map is an isometry, its norm 1."""
-    layer = AOLLinear(5, 7).double()
+    """Closed form: columns already orthogonal -> AOL scales each to norm 1, the map is an isometry, its norm 1
+    (a 1 x 1 convolution: a linear map of the channels at every position)."""
+    layer = AOLConv2d(5, 7, 1).double()
     q, _ = torch.linalg.qr(torch.randn(7, 5, dtype=torch.float64))
     with torch.no_grad():
-        layer.weight.copy_(q * torch.tensor([0.5, 2.0, 3.0, 0.1, 1.0], dtype=torch.float64))
-    exact = torch.linalg.matrix_norm(layer.scaled_weight().detach(), ord=2).item()
+        layer.weight.copy_((q * torch.tensor([0.5, 2.0, 3.0, 0.1, 1.0], dtype=torch.float64))[:, :, None, None])
+    exact = torch.linalg.matrix_norm(layer.scaled_weight().detach()[:, :, 0, 0], ord=2).item()
     assert exact == pytest.approx(1.0, abs=1e-12)
     assert layer.lipschitz_upper_bound() == pytest.approx(exact, abs=1e-9)
 
 
 def test_tiny_gradient_norm_preserving_network_attains_its_bound():
-    """AOL layers with orthogonal weights and MaxMin: the network is piecewise orthogonal, so its Jacobian's norm is
-    exactly 1 at every point; brute force over random points reaches the bound, never passes it."""
+    """AOL layers (1 x 1 convolutions) with orthogonal weights and MaxMin: the network is piecewise orthogonal, so its
+    Jacobian's norm is exactly 1 at every point; brute force over random points reaches the bound, never passes it."""
     torch.manual_seed(0)
     layers = []
     for _ in range(3):
-        layer = AOLLinear(6, 6).double()
+        layer = AOLConv2d(6, 6, 1).double()
         with torch.no_grad():
-            layer.weight.copy_(torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0])
+            layer.weight.copy_(torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0][:, :, None, None])
         layers += [layer, MaxMin()]
     network = torch.nn.Sequential(*layers)
-    bound = torch.tensor([layer.lipschitz_upper_bound() for layer in layers if isinstance(layer, AOLLinear)]).prod().item()
-    norms = [torch.linalg.matrix_norm(full_matrix(network, (6,)), ord=2).item() for _ in range(20)]
+    bound = torch.tensor([layer.lipschitz_upper_bound() for layer in layers if isinstance(layer, AOLConv2d)]).prod().item()
+    norms = [torch.linalg.matrix_norm(full_matrix(network, (6, 1, 1)), ord=2).item() for _ in range(20)]
     assert bound == pytest.approx(1.0, abs=1e-9)
     assert max(norms) == pytest.approx(bound, abs=1e-9)
     assert min(norms) == pytest.approx(bound, abs=1e-9)

@@ -59,8 +59,6 @@ SMOOTHING_ORDERINGS = (("crmt_jt", "jt"), ("crmt_jt_noise", "jt_noise"), ("jt_no
 against JT without and with noise training, and noise training against none."""
 SOUND_PREFIX = "sound_"
 """The prefix of the sound-certificate outcome columns of :class:`PairedOutcomes`."""
-SOUND_ORDERINGS = (("crmt_jt", "jt"), ("crmt_at", "jt"))
-"""Pairs (a, b) judged on sound certified accuracy (1-Lipschitz encoders), a above b, where both have sound radii."""
 SMOOTHING_JUDGED_AT = 1.0
 """The radius, as a multiple of the smoothing sigma, at which the smoothing orderings are judged."""
 TEST_DESCRIPTION = (
@@ -366,11 +364,11 @@ def sound_table(summary: Mapping[str, Mapping]) -> str:
 
 
 def sound_claims(outcomes: PairedOutcomes, replicates: int = 10_000, seed: int = 0) -> list[Claim]:
-    """``SOUND_ORDERINGS`` among the methods with sound radii, per scope, at the budget and at half of it, judged
-    by the paired bootstrap on the per-clip outcomes "sound radius >= r"; a radius at which neither method certifies
-    any clip is not judged."""
+    """``CRMT_PAIRS`` among the methods with sound radii (each CRMT variant above the method it extends), per scope,
+    at the budget and at half of it, judged by the paired bootstrap on the per-clip outcomes "sound radius >= r"; a
+    radius at which neither method certifies any clip is not judged."""
     claims = []
-    for a, b in SOUND_ORDERINGS:
+    for a, b in CRMT_PAIRS:
         if a not in outcomes.correct or b not in outcomes.correct:
             continue
         keys = [key for key in outcomes.correct[a] if key.startswith(SOUND_PREFIX) and key in outcomes.correct[b]]

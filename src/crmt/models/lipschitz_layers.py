@@ -1,4 +1,4 @@
-"""1-Lipschitz layers by construction (l2): AOL-rescaled convolutions and linear maps, MaxMin, norm pooling.
+"""1-Lipschitz layers by construction (l2): AOL-rescaled convolutions, MaxMin, norm pooling.
 
 **AOL** (almost-orthogonal layers; Prach and Lampert, ECCV 2022). For a matrix P with columns p_i let
 ``s_i = sum_j |(P^T P)_ij|`` and ``D = diag(d)`` with ``d_i <= s_i^(-1/2)``. Then ``||P D||_2 <= 1``.
@@ -58,11 +58,6 @@ def aol_conv_row_sums(weight: torch.Tensor) -> torch.Tensor:
     return kernel_gram(weight).abs().sum(dim=(1, 2, 3))
 
 
-def aol_linear_row_sums(weight: torch.Tensor) -> torch.Tensor:
-    """s_i = sum_j |(P^T P)_ij| of a weight (D_out, D_in), P = weight: (D_in,)."""
-    return (weight.T @ weight).abs().sum(dim=1)
-
-
 def aol_scale(row_sums: torch.Tensor) -> torch.Tensor:
     """d = (s + floor)^(-1/2): the AOL rescaling of every input channel."""
     return torch.rsqrt(row_sums + AOL_FLOOR)
@@ -96,27 +91,6 @@ class AOLConv2d(nn.Conv2d):
     def lipschitz_upper_bound(self) -> float:
         """max_c d_c sqrt(s_c) with the float32 d of the forward pass and s in float64 (about 1)."""
         return scaled_bound(aol_scale(aol_conv_row_sums(self.weight)), aol_conv_row_sums(self.weight.double()))
-
-
-class AOLLinear(nn.Linear):
-    """A linear map whose input coordinates are rescaled by AOL: ``||x -> W diag(d) x + b|| <= 1``."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__(in_features, out_features, bias=True)
-        nn.init.orthogonal_(self.weight)
-        nn.init.zeros_(self.bias)
-
-    def scaled_weight(self) -> torch.Tensor:
-        """The weight with column i scaled by d_i: (D_out, D_in)."""
-        return self.weight * aol_scale(aol_linear_row_sums(self.weight))[None, :]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.scaled_weight(), self.bias)
-
-    @torch.no_grad()
-    def lipschitz_upper_bound(self) -> float:
-        """max_i d_i sqrt(s_i) with the float32 d of the forward pass and s in float64 (about 1)."""
-        return scaled_bound(aol_scale(aol_linear_row_sums(self.weight)), aol_linear_row_sums(self.weight.double()))
 
 
 class MaxMin(nn.Module):

@@ -71,7 +71,6 @@ from crmt.robustness.threats import Scope, Threat
 ReduceMax = Callable[[torch.Tensor], torch.Tensor]
 
 
-
 class BatchEvaluation(NamedTuple):
     """What :func:`evaluate_batch` returns: the per-sample ``records`` of the paper's protocol,
     ``adversarial``, the multi-modal table PGD's examples (one (B, ...) tensor per modality; the clean
@@ -294,8 +293,8 @@ class RobustnessEvaluator:
         return {scopes[name]: certificates for name, certificates in self.smoother.finalize(all_gather).items()}
 
     def _audit(self, table: torch.Tensor, all_gather: AllGather | None, radii: str = "estimated") -> AuditCounts:
-        """Attack this rank's stored samples just inside their ``radii`` (which the announcement names) (with the adaptive suite's gradient
-        attacks too, when evaluated); counts summed over ranks."""
+        """Attack this rank's stored samples just inside their radii from ``table`` (with the adaptive suite's
+        gradient attacks too, when evaluated); counts summed over ranks. ``radii`` names them in the announcement."""
         adaptive = self.settings.adaptive
         suite = None
         if adaptive is not None:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from crmt.robustness.certify import certified_radius, unimodal_radius, rounding_safe_logits
+from crmt.robustness.certify import certified_radius, rounding_safe_logits, unimodal_radius
 from crmt.robustness.results import (
     AccuracyCurves,
     AdaptiveSummary,

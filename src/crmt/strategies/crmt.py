@@ -41,7 +41,7 @@ from crmt.models.encoders import EncoderKind
 from crmt.models.heads import OrthogonalFusion, integrate_scores
 from crmt.models.protocol import MediaSwitchable, PixelNormalization, conforms
 from crmt.robustness.certificates import LipschitzEstimator, score_function
-from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, runner_up_bound
+from crmt.robustness.certify import certified_radius, orthogonal_pair_lipschitz, round_up_float32, runner_up_bound
 from crmt.robustness.lipschitz import GradientMethod
 from crmt.robustness.modes import eval_mode, float32_math
 from crmt.strategies.base import Batch, MultiModalModule
@@ -155,8 +155,7 @@ class CRMTJointTraining(TwoStepTraining, MultiModalModule):
     def sound_tau(self) -> torch.Tensor:
         """tau (M, K): each encoder's sound bound L_m for every class, rounded up to float32."""
         bounds = torch.tensor([self.encoder_lipschitz_bound(m) for m in range(len(self.modalities))], dtype=torch.float64)
-        upward = torch.nextafter(bounds.float(), torch.tensor(float("inf")))
-        return upward[:, None].expand_as(self.tau).to(self.tau.device)
+        return round_up_float32(bounds)[:, None].expand_as(self.tau).to(self.tau.device)
 
     def enter_step2(self, last_step1_epoch: int) -> None:
         """Estimate tau~ (or take the encoders' sound bounds), cache the training and validation scores (method.md §3)."""
